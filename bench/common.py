@@ -1,0 +1,45 @@
+"""Shared helpers for the benchmarks: interleaved repetitions, medians, RESULTS.md sections."""
+
+from __future__ import annotations
+
+import platform
+import re
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def interleaved_medians(cases: dict, repeats: int = 7, warmup: int = 2) -> dict[str, float]:
+    """Run every case once per round, ``repeats`` rounds, and return the median seconds per case.
+
+    Interleaving spreads machine noise (other processes, turbo) evenly over the cases compared.
+    """
+    for _ in range(warmup):
+        for fn in cases.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def machine_line() -> str:
+    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
+
+
+def write_section(name: str, body: str) -> None:
+    """Replace (or append) the ``## name`` section of bench/RESULTS.md."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nEvery figure is a ratio of " \
+        "medians over interleaved repetitions measured in one run; rerun the command to regenerate.\n"
+    section = f"## {name}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    RESULTS.write_text(text.rstrip() + "\n")

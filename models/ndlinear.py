@@ -1,0 +1,197 @@
+"""NdLinear: one small Linear per tensor mode (arXiv 2503.17353).
+
+Same maths, parameters and state-dict keys (``align_layers.{i}.weight/bias``) as the PyPI
+``ndlinear`` 1.0.0 package, so checkpoints interchange. For an input ``[*batch, D_1, ..., D_n]``
+mode ``i`` is mapped ``D_i -> H_i`` by ``align_layers[i]`` (in order 1..n, or n..1 when
+``transform_outer=False``), with its bias added at that step.
+
+Why this is faster than the package: the package moves every mode last with a transpose +
+``.contiguous()`` copy, runs a GEMM, and copies back. Here the linear part ``X x_1 A_1 ... x_n A_n``
+is computed in the cheapest mode order (the maps on different modes commute), with no copies:
+a mode that is last (or followed only by size-1 modes) is a plain GEMM, a tiny mode (e.g. 1 -> 2)
+is a broadcast multiply-add instead of a K=1 GEMM, and the biases are folded in analytically
+(a bias added at step k is later multiplied by the row sums of the factors applied after it).
+
+Observability: as soon as a hook is registered on one of the factor Linears (Wanda does this to
+collect input norms), the layer runs the literal mode-by-mode path through those modules, so each
+hook sees exactly the input its factor matrix multiplies.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# A mode whose factor has at most this many weights is applied by broadcasting, not by a GEMM.
+_SMALL_FACTOR = 16
+
+
+class NdLinear(nn.Module):
+    def __init__(self, input_dims, hidden_size, transform_outer: bool = True):
+        super().__init__()
+        input_dims, hidden_size = tuple(int(d) for d in input_dims), tuple(int(h) for h in hidden_size)
+        if len(input_dims) != len(hidden_size) or not input_dims:
+            raise ValueError(f"NdLinear: input_dims {input_dims} and hidden_size {hidden_size} must be "
+                             "non-empty and of the same length")
+        if min(input_dims + hidden_size) < 1:
+            raise ValueError(f"NdLinear: every dimension must be >= 1, got {input_dims} -> {hidden_size}")
+        self.input_dims = input_dims
+        self.hidden_size = hidden_size
+        self.transform_outer = transform_outer
+        self.align_layers = nn.ModuleList(nn.Linear(d, h) for d, h in zip(input_dims, hidden_size))
+        self._fast_order = _cheapest_order(input_dims, hidden_size)
+
+    @property
+    def num_modes(self) -> int:
+        return len(self.input_dims)
+
+    def mode_order(self) -> list[int]:
+        """Order in which the factors (and their biases) are applied, as in the package."""
+        order = list(range(self.num_modes))
+        return order if self.transform_outer else order[::-1]
+
+    def extra_repr(self) -> str:
+        return f"{self.input_dims} -> {self.hidden_size}, transform_outer={self.transform_outer}"
+
+    def _observed(self) -> bool:
+        return any(layer._forward_hooks or layer._forward_pre_hooks for layer in self.align_layers)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        n = self.num_modes
+        if x.dim() < n + 1 or tuple(x.shape[-n:]) != self.input_dims:
+            raise ValueError(f"NdLinear expects [*batch, {', '.join(map(str, self.input_dims))}], "
+                             f"got {tuple(x.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        if self._observed():
+            return self.forward_modewise(x)
+        return self._forward_fast(x)
+
+    def forward_modewise(self, x: torch.Tensor) -> torch.Tensor:
+        """The package's algorithm (mode moved last, Linear, moved back), through the factor modules."""
+        n = self.num_modes
+        lead = x.shape[:-n]
+        x = x.reshape(-1, *self.input_dims)
+        for i in self.mode_order():
+            x = x.movedim(i + 1, -1)
+            x = self.align_layers[i](x)  # nn.Linear handles any leading dims
+            x = x.movedim(-1, i + 1)
+        return x.reshape(*lead, *self.hidden_size)
+
+    def _forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.num_modes
+        lead = x.shape[:-n]
+        x = x.reshape(-1, *self.input_dims)
+        dims = list(self.input_dims)
+        for step, i in enumerate(self._fast_order):
+            last = step == n - 1
+            x = _apply_mode(x, self.align_layers[i].weight, i, dims, self._bias_tensor() if last else None)
+            dims[i] = self.hidden_size[i]
+        return x.reshape(*lead, *self.hidden_size)
+
+    def _bias_tensor(self) -> torch.Tensor:
+        """Sum of every factor's bias as it reaches the output, shape ``hidden_size``."""
+        n = self.num_modes
+        total = None
+        applied: set[int] = set()
+        for i in self.mode_order():
+            term = self.align_layers[i].bias.view([-1 if m == i else 1 for m in range(n)])
+            for j in range(n):
+                if j != i and j not in applied:  # later factors act on the bias's ones-vector
+                    rowsum = self.align_layers[j].weight.sum(dim=1)
+                    term = term * rowsum.view([-1 if m == j else 1 for m in range(n)])
+            total = term if total is None else total + term
+            applied.add(i)
+        return total.expand(self.hidden_size)
+
+
+def _apply_mode(x: torch.Tensor, weight: torch.Tensor, mode: int, dims: list[int],
+                bias: torch.Tensor | None) -> torch.Tensor:
+    """Multiply mode ``mode`` of x (shape ``[N, *dims]``) by ``weight`` (H x D); then add ``bias``
+    (shape of the output without N) if given."""
+    out_dim, in_dim = weight.shape
+    n_rows = x.shape[0]
+    before = n_rows * math.prod(dims[:mode])
+    after = math.prod(dims[mode + 1:])
+    new_shape = [n_rows, *dims[:mode], out_dim, *dims[mode + 1:]]
+    if after == 1 and out_dim * in_dim <= _SMALL_FACTOR:  # e.g. 1 -> 2: no K=1 GEMM
+        rows_per_item = before // n_rows
+        b = None if bias is None else bias.reshape(rows_per_item, out_dim)
+        return _SmallInnermostFactor.apply(x.reshape(before, in_dim), weight, b, rows_per_item).view(new_shape)
+    if after == 1 and (bias is None or bias.numel() == out_dim):  # innermost: one GEMM, no copy
+        return F.linear(x.reshape(before, in_dim), weight, None if bias is None else bias.reshape(out_dim)).view(
+            new_shape)
+    x3 = x.reshape(before, in_dim, after)
+    if out_dim * in_dim <= _SMALL_FACTOR:
+        out = sum(x3[:, k : k + 1, :] * weight[:, k].view(1, out_dim, 1) for k in range(in_dim))
+    elif after == 1:
+        out = F.linear(x3.view(before, in_dim), weight)
+    elif before == 1:
+        out = torch.mm(weight, x3[0])
+    else:
+        out = torch.matmul(weight, x3)  # batched GEMM over the leading modes
+    out = out.view(new_shape)
+    return out if bias is None else out + bias
+
+
+class _SmallInnermostFactor(torch.autograd.Function):
+    """``y = x @ W.T (+ bias)`` for a factor of a few weights (1 -> 2, 2 -> 1, ...).
+
+    Autograd through broadcast multiplies would make ~6 passes over the (large) output; this
+    makes one forward pass and three backward reductions, the memory-traffic minimum.
+    x: (M, D), W: (H, D), bias: (R, H) repeating every R rows, or None.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, rows_per_item):
+        ctx.param_dtype = weight.dtype
+        weight = weight.to(x.dtype)  # under autocast x may be bf16 while the parameters are fp32
+        bias = None if bias is None else bias.to(x.dtype)
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias, ctx.rows = bias is not None, rows_per_item
+        out_dim, in_dim = weight.shape
+        x3 = x.view(-1, rows_per_item, in_dim)
+        base = bias.view(1, rows_per_item, out_dim) if bias is not None else x.new_zeros(1, 1, out_dim)
+        out = torch.addcmul(base, x3[..., 0:1], weight[:, 0])
+        for k in range(1, in_dim):
+            out.addcmul_(x3[..., k : k + 1], weight[:, k])
+        return out.view(-1, out_dim)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad = grad.to(x.dtype)
+        out_dim = weight.shape[0]
+        grad_x = grad @ weight if ctx.needs_input_grad[0] else None
+        grad_w = (grad.t() @ x).to(ctx.param_dtype) if ctx.needs_input_grad[1] else None
+        grad_b = None
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            acc = torch.float32 if grad.element_size() < 4 else grad.dtype
+            grad_b = grad.view(-1, ctx.rows * out_dim).sum(0, dtype=acc)
+            grad_b = grad_b.view(ctx.rows, out_dim).to(ctx.param_dtype)
+        return grad_x, grad_w, grad_b, None
+
+
+def _cheapest_order(input_dims: tuple, hidden_size: tuple) -> list[int]:
+    """Mode order with the fewest multiply-adds per row (exhaustive for <= 5 modes)."""
+    n = len(input_dims)
+
+    def cost(order) -> int:
+        dims, total = list(input_dims), 0
+        for m in order:
+            others = 1
+            for j, d in enumerate(dims):
+                if j != m:
+                    others *= d
+            total += others * input_dims[m] * hidden_size[m]
+            dims[m] = hidden_size[m]
+        return total
+
+    if n > 5:
+        return sorted(range(n), key=lambda m: hidden_size[m] / input_dims[m])
+    return list(min(itertools.permutations(range(n)), key=cost))
