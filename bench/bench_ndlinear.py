@@ -49,12 +49,15 @@ def main() -> None:
              "package / ours |", "|---|---|---|---|---|---|---|"]
     for precision in ("fp32", "bf16 autocast"):
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "fp32")
+        grad_dtype = torch.float32 if precision == "fp32" else torch.bfloat16
 
         def step(layer, x, g):
+            g = g.to(grad_dtype)  # the upstream gradient arrives in the output's dtype
+
             def run():
                 with autocast:
                     y = layer(x)
-                y.backward(g.to(y.dtype))
+                y.backward(g)
             return run
 
         t = interleaved_medians({"dense": step(dense, x2, g_dense), "ours": step(ours, x3, g_nd),

@@ -156,10 +156,21 @@ class _SmallInnermostFactor(torch.autograd.Function):
         ctx.has_bias, ctx.rows = bias is not None, rows_per_item
         out_dim, in_dim = weight.shape
         x3 = x.view(-1, rows_per_item, in_dim)
-        base = bias.view(1, rows_per_item, out_dim) if bias is not None else x.new_zeros(1, 1, out_dim)
-        out = torch.addcmul(base, x3[..., 0:1], weight[:, 0])
-        for k in range(1, in_dim):
-            out.addcmul_(x3[..., k : k + 1], weight[:, k])
+        if bias is None:
+            bias = x.new_zeros(rows_per_item, out_dim)
+        if x.element_size() < 4 and out_dim > 1:
+            # CPU bf16/fp16 kernels broadcasting over a short last dim are slow; one column at a time is not.
+            cols = []
+            for h in range(out_dim):
+                col = bias[:, h].expand(x3.shape[:2])
+                for k in range(in_dim):
+                    col = torch.addcmul(col, x3[..., k], weight[h, k])
+                cols.append(col)
+            out = torch.stack(cols, dim=-1)
+        else:
+            out = torch.addcmul(bias.view(1, rows_per_item, out_dim), x3[..., 0:1], weight[:, 0])
+            for k in range(1, in_dim):
+                out.addcmul_(x3[..., k : k + 1], weight[:, k])
         return out.view(-1, out_dim)
 
     @staticmethod
@@ -171,8 +182,7 @@ class _SmallInnermostFactor(torch.autograd.Function):
         grad_w = (grad.t() @ x).to(ctx.param_dtype) if ctx.needs_input_grad[1] else None
         grad_b = None
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            acc = torch.float32 if grad.element_size() < 4 else grad.dtype
-            grad_b = grad.view(-1, ctx.rows * out_dim).sum(0, dtype=acc)
+            grad_b = grad.view(-1, ctx.rows * out_dim).sum(0)  # CPU/CUDA sums of bf16 accumulate in fp32
             grad_b = grad_b.view(ctx.rows, out_dim).to(ctx.param_dtype)
         return grad_x, grad_w, grad_b, None
 
