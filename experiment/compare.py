@@ -52,11 +52,11 @@ def plot_losses(runs, path: Path, smooth: float) -> None:
         if steps:
             label = f"{run.label} train" + (f" (EMA {smooth:g})" if smooth > 0 else "")
             ax.plot(steps, ema(train, smooth) if smooth > 0 else train, color=color, lw=0.8, alpha=0.35,
-                    label=label)
+                    zorder=1, label=label)
         steps, val = run.steps_values("val")
         if steps:
             ax.plot(steps, val, color=color, lw=2.2, marker="o" if len(steps) < 40 else None, ms=3,
-                    label=f"{run.label} val")
+                    zorder=3, label=f"{run.label} val")
     ax.axhline(GPT2_124M_VAL, color="black", ls="--", lw=1.2, label="OpenAI GPT-2 124M (val)")
     ax.set_yscale("log")
     # plain numbers on the log axis: the interesting range is ~3-11, where 10^x labels say nothing
@@ -79,13 +79,15 @@ def plot_hellaswag(runs, path: Path) -> None:
         if steps:
             ax.plot(steps, acc, color=f"C{i % 10}", lw=1.5, marker="o", ms=2.5, label=run.label)
     ax.axhline(GPT3_124M_HELLA, color="tab:red", ls="--", lw=1.2, label=f"GPT-3 124M ({GPT3_124M_HELLA})")
-    ax.axhline(GPT2_124M_HELLA, color="black", ls="--", lw=1.2, label=f"OpenAI GPT-2 124M ({GPT2_124M_HELLA})")
+    ax.axhline(GPT2_124M_HELLA, color="black", ls="--", lw=1.2,
+               label=f"OpenAI GPT-2 124M ({GPT2_124M_HELLA})")
     ax.axhline(HELLA_CHANCE, color="gray", ls=":", lw=1.2, label=f"chance ({HELLA_CHANCE})")
     ax.set_xlabel("step")
     ax.set_ylabel("HellaSwag accuracy (acc_norm)")
     ax.set_title("HellaSwag validation accuracy")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    # outside the axes: the reference lines cross the whole width, so no inside corner stays free
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -93,23 +95,28 @@ def plot_hellaswag(runs, path: Path) -> None:
 
 def plot_pruning(reports, path: Path) -> None:
     metrics = [("params_nonzero", "nonzero parameters (M)", 1e-6), ("val_loss", "val loss", 1.0)]
-    if any(report_metric(r, s, "hellaswag_acc_norm") is not None for r in reports for s in ("before", "after")):
+    if any(report_metric(r, stage, "hellaswag_acc_norm") is not None
+           for r in reports for stage in ("before", "after")):
         metrics.append(("hellaswag_acc_norm", "HellaSwag acc_norm", 1.0))
     groups = [f"{report_name(r)}\n{r.get('method', '?')} {report_sparsity(r)}" for r in reports]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(max(FIGSIZE[0], 1.6 * len(reports) * len(metrics)),
-                                                          FIGSIZE[1]), squeeze=False)
+    width_in = min(24.0, max(FIGSIZE[0], 1.4 * len(reports) * len(metrics)))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(width_in, FIGSIZE[1]), squeeze=False)
     width = 0.38
     for ax, (key, title, scale) in zip(axes[0], metrics):
         for j, (stage, color) in enumerate([("before", "tab:blue"), ("after", "tab:orange")]):
             xs, heights = [], []
             for g, r in enumerate(reports):
-                value = report_metric(r, stage, key)
-                if value is not None:  # a missing metric is simply no bar
-                    xs.append(g + (j - 0.5) * width)
+                x, value = g + (j - 0.5) * width, report_metric(r, stage, key)
+                if value is None:  # a metric the report lacks: no bar, say so
+                    ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=7, color="gray")
+                else:
+                    xs.append(x)
                     heights.append(value * scale)
             bars = ax.bar(xs, heights, width, color=color, label=stage)
             ax.bar_label(bars, fmt="%.1f" if key == "params_nonzero" else "%.3f", fontsize=7, padding=2)
-        ax.set_xticks(range(len(reports)), groups, fontsize=8)
+        ax.set_xticks(range(len(reports)), groups, fontsize=8, rotation=30 if len(reports) > 4 else 0,
+                      ha="right" if len(reports) > 4 else "center")
+        ax.set_xlim(-0.6, len(reports) - 0.4)
         ax.set_title(title)
         ax.margins(y=0.12)
         ax.grid(True, axis="y", alpha=0.3)
@@ -120,7 +127,7 @@ def plot_pruning(reports, path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="compare.py",
         description="Plot and summarise training logs ('{step} train|val|hella {value}' per line) and "
@@ -132,8 +139,9 @@ def main() -> None:
     parser.add_argument("--pruning", nargs="+", type=Path, default=[], metavar="REPORT.json",
                         help="pruning reports written by pruning/wanda.py")
     parser.add_argument("--smooth", type=float, default=0.0,
-                        help="EMA factor in [0, 1) for the train loss curves (0 = raw; 0.9-0.99 for long runs)")
-    args = parser.parse_args()
+                        help="EMA factor in [0, 1) smoothing the train loss curves (0 = raw, the default; "
+                             "0.9-0.99 for long runs)")
+    args = parser.parse_args(argv)
 
     if args.labels is not None and len(args.labels) != len(args.logs):
         raise UserError(f"--labels has {len(args.labels)} entries but {len(args.logs)} logs were given")
@@ -165,8 +173,8 @@ def main() -> None:
         written.append("pruning.png")
         p_headers, p_rows = pruning_rows(reports)
         print()
-        print(text_table(p_headers, p_rows))
-        md += ["## Pruning", "", markdown_table(p_headers, p_rows), ""]
+        print(text_table(p_headers, p_rows, n_left=3))
+        md += ["## Pruning", "", markdown_table(p_headers, p_rows, n_left=3), ""]
     (args.out_dir / "summary.md").write_text("\n".join(md), encoding="utf-8")
     written.append("summary.md")
     print(f"\nwrote {', '.join(written)} to {args.out_dir}")

@@ -211,8 +211,11 @@ class GPT(nn.Module):
 
         hf = GPT2LMHeadModel.from_pretrained(name_or_dir)
         c = hf.config
+        gelu = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}.get(c.activation_function)
+        if gelu is None:
+            raise ValueError(f"unsupported GPT-2 activation {c.activation_function!r}")
         config = GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head,
-                           n_embd=c.n_embd, bias=True, gelu="tanh",
+                           n_embd=c.n_embd, bias=True, gelu=gelu,
                            mlp_hidden=c.n_inner or 4 * c.n_embd)
         model = cls(config)
         model.load_state_dict(_hf_to_ours(hf.state_dict()), strict=True)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import sys
 
-import torch
-
 
 class UserError(Exception):
     """Bad input from the user: printed as one line, exit code 2, no traceback."""
@@ -25,6 +23,8 @@ def run_main(main, prog: str) -> None:
 
 def pick_device(requested: str | None = None) -> str:
     """``requested`` if given (validated), else cuda > mps > cpu."""
+    import torch  # lazily: scripts that never touch a device (compare.py) start faster
+
     if requested:
         try:
             device = torch.device(requested)

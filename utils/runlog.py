@@ -178,8 +178,13 @@ def report_sparsity(report: dict) -> str:
     return f"{100 * s:g}%" if isinstance(s, (int, float)) else "-"
 
 
+# names other versions of pruning/wanda.py use for the same numbers
+METRIC_ALIASES = {"params_nonzero": "nonzero", "params_total": "total", "perplexity": "ppl"}
+
+
 def report_metric(report: dict, stage: str, key: str) -> float | None:
-    value = report[stage].get(key)
+    """A number from ``report[stage]`` (under its documented name or its alias), else None."""
+    value = report[stage].get(key, report[stage].get(METRIC_ALIASES.get(key, key)))
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
@@ -207,17 +212,19 @@ def pruning_rows(reports: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 # ----------------------------------------------------------------------------- tables
 
-def text_table(headers: list[str], rows: list[list[str]]) -> str:
-    """Aligned plain-text table: first column left-aligned, the numbers right-aligned."""
+def text_table(headers: list[str], rows: list[list[str]], n_left: int = 1) -> str:
+    """Aligned plain-text table: the first ``n_left`` (text) columns left-aligned, numbers right-aligned."""
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
 
     def fmt(cells):
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        padded = (c.ljust(w) if i < n_left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(padded)
 
     return "\n".join([fmt(headers), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows])
 
 
-def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|"]
+def markdown_table(headers: list[str], rows: list[list[str]], n_left: int = 1) -> str:
+    align = ["---"] * n_left + ["---:"] * (len(headers) - n_left)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
     return "\n".join(lines)

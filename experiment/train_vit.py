@@ -1,0 +1,188 @@
+"""Train ViT-S/16 or NdViT on CIFAR-10 or on the synthetic image set, with per-epoch checkpoints.
+
+    python experiment/train_vit.py                                   # synthetic, small ViT, ~1 min on CPU
+    python experiment/train_vit.py --model ndvit --data cifar10      # ViT-S/16 config at 224 px, lr 1e-4
+    python experiment/train_vit.py --out-dir logs/vit-vit --resume    # continue from the newest checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from models.vit import VIT_NAMES, build_vit
+from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.cli import UserError, pick_device, run_main
+from utils.params import count_params
+from utils.seed import seed_everything
+from utils.vision_data import autocast, evaluate, iterate_batches, load_image_data
+
+PROG = "train_vit.py"
+# Defaults that depend on --data: the SPEC's ViT-S/16 recipe for real images, a tiny one for synthetic.
+PRESETS = {
+    "real": dict(image_size=224, patch_size=16, width=384, depth=12, heads=6, epochs=20, batch_size=32, lr=1e-4),
+    "synthetic": dict(image_size=32, patch_size=8, width=64, depth=2, heads=4, epochs=5, batch_size=64, lr=1e-3),
+}
+ARCH_FLAGS = ("image_size", "patch_size", "width", "depth", "heads", "mlp_ratio")
+CKPT_RE = re.compile(r"model_(\d+)\.pt$")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=VIT_NAMES, default=None, help="vit (ViT-S/16) or ndvit (default: vit)")
+    p.add_argument("--data", default=None,
+                   help="synthetic (default), cifar10 (Hugging Face hub), or PATH to cifar-10-batches-py "
+                        "or a datasets.save_to_disk directory")
+    p.add_argument("--epochs", type=int, help="total epochs (default: 20 real data, 5 synthetic)")
+    p.add_argument("--batch-size", type=int, help="default: 32 real data, 64 synthetic")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (default: 1e-4 real data as SPEC, 1e-3 synthetic)")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (torch default 0.01)")
+    p.add_argument("--image-size", type=int, help="model input size (default: 224 real data, 32 synthetic)")
+    p.add_argument("--patch-size", type=int, help="default: 16 real data, 8 synthetic")
+    p.add_argument("--width", type=int, help="default: 384 real data, 64 synthetic")
+    p.add_argument("--depth", type=int, help="default: 12 real data, 2 synthetic")
+    p.add_argument("--heads", type=int, help="default: 6 real data, 4 synthetic")
+    p.add_argument("--mlp-ratio", type=float, help="MLP width / width (default 4; the original ran NdViT at 0.5)")
+    p.add_argument("--limit", type=int, help="use only the first N train and N test images (quick runs)")
+    p.add_argument("--synthetic-size", type=int, nargs=2, default=(2000, 500), metavar=("TRAIN", "TEST"),
+                   help="number of synthetic train / test images (default 2000 500)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--seed", type=int, default=42, help="init and shuffling seed (default 42)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
+    p.add_argument("--out-dir", default=None, help="run directory (default: logs/vit-<model>)")
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
+                   help="resume model, optimizer and epoch from PATH, or from the newest checkpoint in --out-dir")
+    return p.parse_args(argv)
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    found = [(int(m.group(1)), p) for p in out_dir.glob("model_*.pt") if (m := CKPT_RE.search(p.name))]
+    return max(found)[1] if found else None
+
+
+def resolve_resume(args, out_dir: Path):
+    if args.resume is None:
+        if latest_checkpoint(out_dir) is not None:
+            raise UserError(f"{out_dir} already holds checkpoints; pass --resume to continue or choose another --out-dir")
+        return None
+    path = latest_checkpoint(out_dir) if args.resume == "latest" else Path(args.resume)
+    if path is None:
+        raise UserError(f"--resume: no model_*.pt checkpoint in {out_dir}")
+    ckpt = load_checkpoint(path, expect_kind="vit")
+    if args.model is not None and args.model != ckpt["model_name"]:
+        raise UserError(f"--model {args.model} given but {path} holds a {ckpt['model_name']} model")
+    return path, ckpt
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    for name in ("epochs", "batch_size", "limit", "image_size", "patch_size", "width", "depth", "heads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if min(args.synthetic_size) < 1:
+        raise UserError("--synthetic-size values must be >= 1")
+    device = pick_device(args.device)
+    out_dir = Path(args.out_dir or f"logs/vit-{args.model or 'vit'}")
+    resumed = resolve_resume(args, out_dir)
+    ckpt = resumed[1] if resumed else None
+
+    data_spec = args.data or (ckpt["data"] if ckpt else "synthetic")
+    preset = PRESETS["synthetic" if data_spec == "synthetic" else "real"]
+    opt = {k: getattr(args, k) if getattr(args, k) is not None else preset[k] for k in ("epochs", "batch_size", "lr")}
+    data = load_image_data(data_spec, *args.synthetic_size)
+    train_split, test_split = data.train.head(args.limit), data.test.head(args.limit)
+
+    seed_everything(args.seed)
+    if ckpt:
+        model_name, config = ckpt["model_name"], dict(ckpt["config"])
+        changed = [f"--{k.replace('_', '-')}" for k in ARCH_FLAGS if getattr(args, k) is not None
+                   and getattr(args, k) != config[k]]
+        if changed:
+            raise UserError(f"{', '.join(changed)} differ from the checkpoint's architecture; drop them to resume")
+        if config["num_classes"] != data.num_classes:
+            raise UserError(f"checkpoint has {config['num_classes']} classes, {data_spec} has {data.num_classes}")
+    else:
+        model_name = args.model or "vit"
+        config = {k: getattr(args, k) if getattr(args, k) is not None else preset[k] for k in ARCH_FLAGS
+                  if k in preset}
+        if args.mlp_ratio is not None:
+            config["mlp_ratio"] = args.mlp_ratio
+        config["num_classes"] = data.num_classes
+    try:
+        model = build_vit(model_name, **config)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opt["lr"], weight_decay=args.weight_decay)
+    start_epoch, step = 1, 0
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        for group in optimizer.param_groups:  # an explicit --lr / --weight-decay wins over the saved ones
+            group["lr"], group["weight_decay"] = opt["lr"], args.weight_decay
+        start_epoch, step = ckpt["epoch"] + 1, ckpt.get("step", 0)
+        print(f"resumed from {resumed[0]} (epoch {ckpt['epoch']}, step {step})")
+    model.to(device)
+    # AdamW state loaded on CPU follows the parameters to the device
+    for state in optimizer.state.values():
+        for k, v in state.items():
+            if torch.is_tensor(v) and k != "step":
+                state[k] = v.to(device)
+    run_model = torch.compile(model) if args.compile else model
+
+    n_params = count_params(model)["total"]
+    print(f"{model_name}: {n_params:,} parameters, config {json.dumps(model.config.to_dict())}")
+    print(f"data {data.name}: {len(train_split):,} train / {len(test_split):,} test images, "
+          f"{data.num_classes} classes; device {device}; lr {opt['lr']:g}, batch {opt['batch_size']}")
+    if start_epoch > opt["epochs"]:
+        print(f"nothing to do: checkpoint is at epoch {start_epoch - 1}, --epochs is {opt['epochs']}")
+        return
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / "log.txt"
+    batches_per_epoch = math.ceil(len(train_split) / opt["batch_size"])
+    for epoch in range(start_epoch, opt["epochs"] + 1):
+        model.train()
+        t0, loss_sum, correct = time.time(), 0.0, 0
+        # the shuffle depends only on (seed, epoch), so a resumed run sees the same order
+        batches = iterate_batches(train_split, opt["batch_size"], model.config.image_size, device,
+                                  shuffle_seed=args.seed * 1000 + epoch)
+        bar = tqdm(batches, total=batches_per_epoch, desc=f"epoch {epoch}/{opt['epochs']}", leave=False)
+        for images, labels in bar:
+            with autocast(device):
+                logits = run_model(images).float()
+            loss = F.cross_entropy(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            loss_sum += loss.item() * len(labels)
+            correct += (logits.argmax(dim=1) == labels).sum().item()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        train_loss, train_acc = loss_sum / len(train_split), correct / len(train_split)
+        test = evaluate(run_model, test_split, opt["batch_size"], device, desc="test")
+        elapsed = time.time() - t0
+        print(f"epoch {epoch:3d} | train loss {train_loss:.4f} acc {train_acc:.4f} | test loss {test['loss']:.4f} "
+              f"top-1 {test['top1']:.4f} | {elapsed:.1f}s")
+        with open(log_path, "a") as f:
+            f.write(f"{epoch} train {train_loss:.6f}\n{epoch} train_acc {train_acc:.4f}\n"
+                    f"{epoch} test {test['loss']:.4f}\n{epoch} top1 {test['top1']:.4f}\n")
+        save_checkpoint(out_dir / f"model_{epoch:03d}.pt", model, kind="vit", model_name=model_name,
+                        optimizer=optimizer.state_dict(), epoch=epoch, step=step, data=data_spec, seed=args.seed,
+                        train_loss=train_loss, test_top1=test["top1"], test_loss=test["loss"])
+    print(f"final test top-1 {test['top1']:.4f}; checkpoints in {out_dir}")
+
+
+if __name__ == "__main__":
+    run_main(main, PROG)

@@ -1,0 +1,409 @@
+"""Tokenizer, token shards (data/fineweb.py, utils/shards.py) and the shard loader (utils/loader.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tiktoken
+import torch
+
+from utils import loader as loader_mod
+from utils import shards
+from utils.cli import UserError
+from utils.loader import ShardLoader, find_shards, num_tokens, sample_windows
+from utils.tokenizer import EOT, get_encoding
+
+BLOB = "https://openaipublic.blob.core.windows.net"
+TEXTS = [
+    "Hello world",
+    "The quick brown fox jumps over the lazy dog.\n\nNew paragraph!",
+    "unicode: naïve café, Ελληνικά, русский, 日本語のテキスト, עברית",
+    "emoji 🤖🚀 and a family 👨‍👩‍👧 and flags 🇫🇷",
+    "whitespace   runs\t\t\ttabs\n\n\n\n   leading and trailing   ",
+    "<|endoftext|> is plain text here, so is <|endoftext",
+    "numbers 3.14159 1,000,000 0x1F and code: def f(x): return x**2  # ok",
+    "",
+    " ",
+    "I'm you're they'll we've he'd it's DON'T",
+]
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+def test_tokenizer_equals_tiktoken_gpt2(shared_data, tmp_path, monkeypatch):
+    cache = tmp_path / "tiktoken_cache"
+    cache.mkdir()
+    for name, url in (("vocab.bpe", f"{BLOB}/gpt-2/encodings/main/vocab.bpe"),
+                      ("encoder.json", f"{BLOB}/gpt-2/encodings/main/encoder.json")):
+        shutil.copy(shared_data / "gpt2_bpe" / name, cache / hashlib.sha1(url.encode()).hexdigest())
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
+    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
+    reference = tiktoken.get_encoding("gpt2")
+    ours = get_encoding()
+    for text in TEXTS:
+        assert ours.encode_ordinary(text) == reference.encode_ordinary(text), text
+        assert ours.decode(ours.encode_ordinary(text)) == text
+    assert EOT not in ours.encode_ordinary("<|endoftext|>")
+    assert ours.encode("<|endoftext|>", allowed_special="all") == [EOT]
+    assert ours.encode_ordinary("Hello world") == [15496, 995]
+    assert ours.n_vocab == reference.n_vocab == 50257
+    assert ours.eot_token == EOT == 50256
+
+
+# ----------------------------------------------------------------------------- shards
+
+def run_fineweb(repo_root, *args):
+    return subprocess.run([sys.executable, "data/fineweb.py", *map(str, args)], cwd=repo_root,
+                          capture_output=True, text=True, timeout=120)
+
+
+def expected_tokens(docs):
+    enc = get_encoding()
+    return [t for doc in docs for t in [EOT] + enc.encode_ordinary(doc)]
+
+
+def split_tokens(out_dir, split):
+    return [int(t) for path in find_shards(out_dir, split) for t in np.load(path)]
+
+
+def make_inputs(tmp_path):
+    """Two .txt documents and a .jsonl with three, in that document order."""
+    docs = ["First file: a short essay about rivers.\nLine two.\n",
+            "Second file with unicode café 🚀 and   spaces.",
+            "jsonl doc one", "jsonl doc two <|endoftext|> stays text", "jsonl doc three, a bit longer " * 5]
+    (tmp_path / "a.txt").write_text(docs[0])
+    (tmp_path / "b.txt").write_text(docs[1])
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in
+                                              enumerate(docs[2:])) + "\n")
+    return [tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "c.jsonl"], docs
+
+
+def test_shards_round_trip_whole_document_val(tmp_path):
+    inputs, docs = make_inputs(tmp_path)
+    out = tmp_path / "out"
+    manifest = shards.build_from_files(inputs, out, prefix="t", shard_size=16, val_docs=2, seed=3)
+    val_ids = manifest["settings"]["val_docs"]
+    assert len(val_ids) == 2
+    assert manifest["settings"]["val_docs"] == sorted(shards.pick_val_docs(len(docs), 3, val_docs=2))
+    val_docs = [d for i, d in enumerate(docs) if i in val_ids]
+    train_docs = [d for i, d in enumerate(docs) if i not in val_ids]
+    # the val stream is exactly the held-out documents, whole, each after an EOT; the rest is train
+    assert split_tokens(out, "val") == expected_tokens(val_docs)
+    assert split_tokens(out, "train") == expected_tokens(train_docs)
+    enc = get_encoding()
+    decoded = enc.decode(split_tokens(out, "train")).split("<|endoftext|>")
+    assert decoded[0] == "" and "".join(decoded[1:]) == "".join(train_docs)
+    # fixed-size uint16 shards, documents straddling boundaries, global numbering with val first
+    for split in ("val", "train"):
+        paths = find_shards(out, split)
+        assert all(np.load(p).dtype == np.uint16 for p in paths)
+        assert all(len(np.load(p)) == 16 for p in paths[:-1]) and 0 < len(np.load(paths[-1])) <= 16
+    numbers = [int(p.stem.rsplit("_", 1)[1]) for p in find_shards(out, "val") + find_shards(out, "train")]
+    assert numbers == list(range(len(numbers)))
+    assert manifest["val_tokens"] == num_tokens(out, "val")
+    assert manifest["train_tokens"] == num_tokens(out, "train")
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
+
+
+def test_max_tokens_and_val_fraction(tmp_path):
+    inputs, docs = make_inputs(tmp_path)
+    assert len(shards.pick_val_docs(5, 0, val_fraction=0.1)) == 1  # at least one document
+    assert len(shards.pick_val_docs(20, 0, val_fraction=0.25)) == 5
+    assert shards.pick_val_docs(20, 7) == shards.pick_val_docs(20, 7)
+    whole = shards.build_from_files(inputs, tmp_path / "all", shard_size=1000, val_docs=1)
+    cap = whole["val_tokens"] + 7  # the cap counts val (written first) and train together
+    manifest = shards.build_from_files(inputs, tmp_path / "cap", shard_size=1000, val_docs=1, max_tokens=cap)
+    assert manifest["train_tokens"] == 7
+    full = split_tokens(tmp_path / "all", "val") + split_tokens(tmp_path / "all", "train")
+    assert split_tokens(tmp_path / "cap", "val") + split_tokens(tmp_path / "cap", "train") == full[:cap]
+    with pytest.raises(UserError, match="empty corpus"):  # nothing left for train
+        shards.build_from_files(inputs, tmp_path / "none", shard_size=1000, val_docs=1, max_tokens=3)
+    assert list((tmp_path / "none").iterdir()) == []
+
+
+def test_fineweb_layout_first_shard_is_val(tmp_path, monkeypatch):
+    docs = [f"document number {i} " * (i + 1) for i in range(12)]
+    fake = types.ModuleType("datasets")
+    fake.load_dataset = lambda *a, **k: [{"text": d} for d in docs]
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    manifest = shards.build_fineweb(tmp_path / "fw", shard_size=50, max_tokens=170)
+    stream = expected_tokens(docs)[:170]
+    assert split_tokens(tmp_path / "fw", "val") == stream[:50]  # shard 0 = the first shard_size tokens
+    assert split_tokens(tmp_path / "fw", "train") == stream[50:]
+    assert [s["file"] for s in manifest["shards"]][:2] == ["edufineweb_val_000000.npy",
+                                                           "edufineweb_train_000001.npy"]
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'HuggingFaceFW/fineweb-edu' on the Hub\nsecond line")
+
+    fake.load_dataset = offline
+    with pytest.raises(UserError, match="cannot load HuggingFaceFW/fineweb-edu") as info:
+        shards.build_fineweb(tmp_path / "fw_offline")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "fw_offline").exists()
+
+
+def test_strip_gutenberg_markers():
+    header = "The Project Gutenberg EBook of Foo\r\nlicence text\r\n\r\n"
+    footer = "\r\nEnd of the Project Gutenberg EBook of Foo\r\n\r\n" \
+             "*** END OF THIS PROJECT GUTENBERG EBOOK FOO ***\r\nlicence again\r\n"
+    body = "CHAPTER I\r\n\r\nThe body of the book,\r\nwith CRLF lines.\r\n"
+    start = "*** START OF THIS PROJECT GUTENBERG EBOOK FOO ***\r\n\r\n"
+    modern = header + start + "Produced by X\r\n\r\n" + body + footer
+    assert shards.strip_gutenberg(modern) == "Produced by X\n\n" + body.replace("\r\n", "\n")
+    wrapped = header + "***START OF THE PROJECT GUTENBERG EBOOK A VERY LONG\r\nTITLE***\r\n" + body + \
+        "***END OF THE PROJECT GUTENBERG EBOOK A VERY LONG\r\nTITLE***\r\nlicence"
+    assert shards.strip_gutenberg(wrapped) == body.replace("\r\n", "\n")
+    old = "old header\r\n*END*THE SMALL PRINT! FOR PUBLIC DOMAIN ETEXTS*Ver.04.29.93*END*\r\n\r\n" + body + \
+        "\r\nEnd of The Project Gutenberg Etext of Foo\r\n"
+    assert shards.strip_gutenberg(old) == body.replace("\r\n", "\n")
+    assert shards.strip_gutenberg("no markers\r\nat all") == "no markers\nat all\n"
+
+
+def test_strip_gutenberg_real_corpus(shared_data):
+    for path in sorted((shared_data / "text_corpus").glob("*.txt")):
+        raw = path.read_bytes().decode("utf-8")
+        body = shards.strip_gutenberg(raw)
+        assert "\r" not in body
+        assert 0.5 * len(raw) < len(body) < len(raw) - 5000, path.name  # the boilerplate is 14-20 KB
+        assert "SMALL PRINT" not in body and "START OF TH" not in body.upper(), path.name
+        assert "END OF THE PROJECT" not in body.upper() and "END OF THIS PROJECT" not in body.upper()
+
+
+def test_cli_builds_and_rerun_is_idempotent(repo_root, tmp_path):
+    inputs, docs = make_inputs(tmp_path)
+    out = tmp_path / "out"
+    args = ["--input", *inputs, "--out-dir", out, "--prefix", "cli", "--shard-size", 20, "--val-docs", 1,
+            "--workers", 2, "--seed", 1]
+    first = run_fineweb(repo_root, *args)
+    assert first.returncode == 0, first.stderr
+    files = sorted(out.iterdir())
+    assert any(p.name == "done.json" for p in files) and len(files) > 3
+    mtimes = {p.name: p.stat().st_mtime_ns for p in files}
+    val_ids = json.loads((out / "done.json").read_text())["settings"]["val_docs"]
+    assert split_tokens(out, "val") == expected_tokens([docs[i] for i in val_ids])  # the pool keeps order
+
+    again = run_fineweb(repo_root, *args)
+    assert again.returncode == 0 and "up to date" in again.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in sorted(out.iterdir())} == mtimes
+
+    changed = run_fineweb(repo_root, *args[:-2], "--seed", 2)  # other settings, same directory
+    assert changed.returncode == 2 and "--overwrite" in changed.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in sorted(out.iterdir())} == mtimes
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "not_utf8", "jsonl_no_text", "empty_corpus"])
+def test_cli_errors(repo_root, tmp_path, case):
+    good = tmp_path / "good.txt"
+    good.write_text("a perfectly fine document")
+    bad = tmp_path / {"jsonl_no_text": "bad.jsonl", "empty_corpus": "bad.jsonl"}.get(case, "bad.txt")
+    expect = {"missing": "does not exist", "empty": "is empty", "not_utf8": "not UTF-8",
+              "jsonl_no_text": f"{bad}:2: no 'text'", "empty_corpus": "empty corpus"}[case]
+    if case == "empty":
+        bad.write_text("")
+    elif case == "not_utf8":
+        bad.write_bytes(b"caf\xe9 latin-1 bytes")
+    elif case == "jsonl_no_text":
+        bad.write_text('{"text": "ok"}\n{"content": "no text field"}\n')
+    elif case == "empty_corpus":
+        bad.write_text('{"text": ""}\n\n{"text": ""}\n')
+        good.unlink()
+    out = tmp_path / "out"
+    inputs = [bad] if case == "empty_corpus" else [good, bad]
+    result = run_fineweb(repo_root, "--input", *inputs, "--out-dir", out, "--workers", 1)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fineweb.py: error:") and expect in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists() or not any(out.iterdir())  # no shard, no .tmp, no manifest
+
+
+def test_failure_mid_build_leaves_no_shard(tmp_path, monkeypatch):
+    inputs, _ = make_inputs(tmp_path)
+    calls = []
+
+    def tokenize(text):
+        calls.append(text)
+        ids = [EOT, 70_000] if len(calls) == 4 else [EOT, 1, 2, 3]  # an id that does not fit uint16
+        return shards.to_uint16(np.array(ids))
+
+    monkeypatch.setattr(shards, "tokenize_document", tokenize)
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="65536"):
+        shards.build_from_files(inputs, out, shard_size=2, val_docs=1)
+    assert len(calls) == 4
+    assert list(out.iterdir()) == []  # the shards written before the error are removed, no .tmp left
+
+
+def test_builtin_corpus(tmp_path):
+    out = shards.prepare_builtin_corpus(tmp_path / "builtin")
+    assert num_tokens(out, "val") >= 20 * 2 * 64 + 1
+    enc = get_encoding()
+    total = sum(len(enc.encode_ordinary(d)) + 1 for d in shards.builtin_documents())
+    assert num_tokens(out, "train") + num_tokens(out, "val") == total
+    assert len(find_shards(out, "train")) >= 2
+    val = ShardLoader(out, "val", 2, 64)
+    first = val.next_batch()
+    for _ in range(19):
+        val.next_batch()
+    assert val.state_dict()["epoch"] == 0  # 20 val batches fit without wrapping around
+    val.reset()
+    assert torch.equal(val.next_batch()[0], first[0])
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert shards.prepare_builtin_corpus(tmp_path / "builtin") == out
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
+
+
+# ----------------------------------------------------------------------------- loader
+
+SHARD_LENGTHS = [300, 40, 257, 400, 129]  # shard k holds k*10_000 + arange(len): its id and offset
+
+
+def make_shards(root: Path, lengths=SHARD_LENGTHS, split="train") -> Path:
+    root.mkdir(exist_ok=True)
+    for k, n in enumerate(lengths):
+        np.save(root / f"x_{split}_{k:06d}.npy", (k * 10_000 + np.arange(n)).astype(np.uint16))
+    return root
+
+
+def expected_epoch(lengths, order, step, B, T, rank=0):
+    """The chunks one epoch yields: per shard, every full step from position 0."""
+    chunks = []
+    for k in order:
+        pos = 0
+        while pos + step + 1 <= lengths[k]:
+            start = pos + rank * B * T
+            chunks.append(k * 10_000 + np.arange(start, start + B * T + 1))
+            pos += step
+    return chunks
+
+
+def test_loader_batches_match_tokens_and_skip_small_shards(tmp_path):
+    data = make_shards(tmp_path / "d")
+    B, T = 4, 16
+    loader = ShardLoader(data, "train", B, T, shuffle=False)
+    assert isinstance(loader.tokens, np.memmap)
+    usable = [k for k, n in enumerate(SHARD_LENGTHS) if n >= B * T + 1]
+    assert usable == [0, 2, 3, 4]  # the 40-token shard cannot hold one batch
+    chunks = expected_epoch(SHARD_LENGTHS, usable, B * T, B, T)
+    chunks += chunks[:3]  # and the next epoch starts over in the same order
+    for chunk in chunks:
+        x, y = loader.next_batch()
+        assert x.dtype == torch.int64 and x.shape == (B, T) and y.shape == (B, T)
+        assert torch.equal(x, torch.from_numpy(chunk[:-1]).view(B, T))
+        assert torch.equal(y, torch.from_numpy(chunk[1:]).view(B, T))
+    assert loader.state_dict()["epoch"] == 1
+
+
+def test_loader_uses_mmap(tmp_path, monkeypatch):
+    data = make_shards(tmp_path / "d")
+    modes = []
+    real_load = np.load
+
+    def spy(*args, **kwargs):
+        modes.append(kwargs.get("mmap_mode"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(loader_mod.np, "load", spy)
+    loader = ShardLoader(data, "train", 2, 8)
+    loader.next_batch()
+    sample_windows(data, "train", 3, 8, seed=0)
+    num_tokens(data, "train")
+    assert modes and all(m == "r" for m in modes)
+
+
+def test_two_ranks_see_what_one_rank_sees_in_two_steps(tmp_path):
+    data = make_shards(tmp_path / "d", [1000])
+    B, T = 2, 8
+    single = ShardLoader(data, "train", B, T, shuffle=False)
+    ranks = [ShardLoader(data, "train", B, T, rank=r, world_size=2, shuffle=False) for r in range(2)]
+    for _ in range(5):
+        one = [single.next_batch() for _ in range(2)]
+        two = [loader.next_batch() for loader in ranks]
+        for (x1, y1), (x2, y2) in zip(one, two):
+            assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert ranks[0].state_dict() == ranks[1].state_dict() == single.state_dict()
+
+
+def test_world_size_shards_are_skipped_consistently(tmp_path):
+    data = make_shards(tmp_path / "d", [100, 600])
+    # one step of 2 ranks needs 2*4*16+1 = 129 tokens: only shard 1 fits, for both ranks
+    ranks = [ShardLoader(data, "train", 4, 16, rank=r, world_size=2, shuffle=False) for r in range(2)]
+    for r, loader in enumerate(ranks):
+        chunks = expected_epoch([100, 600], [1], 2 * 64, 4, 16, rank=r)
+        for chunk in chunks + chunks[:1]:
+            assert torch.equal(loader.next_batch()[0], torch.from_numpy(chunk[:-1]).view(4, 16))
+
+
+def test_state_round_trip_is_exact(tmp_path):
+    data = make_shards(tmp_path / "d")
+    loader = ShardLoader(data, "train", 2, 16, seed=5)
+    for _ in range(40):  # 33 batches per epoch: crosses shards and an epoch boundary
+        loader.next_batch()
+    state = loader.state_dict()
+    assert all(type(v) is int for v in state.values()) and state["epoch"] >= 1
+    json.dumps(state)
+    after = [loader.next_batch() for _ in range(30)]
+    resumed = ShardLoader(data, "train", 2, 16, seed=5)
+    resumed.load_state_dict(state)
+    for (x1, y1), (x2, y2) in zip(after, [resumed.next_batch() for _ in range(30)]):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    with pytest.raises(UserError):
+        resumed.load_state_dict({"epoch": 0, "shard": 99, "pos": 0})
+    with pytest.raises(UserError):
+        resumed.load_state_dict({"epoch": 0, "shard": 0, "pos": 10**6})
+
+
+def test_epoch_shuffle_is_deterministic(tmp_path):
+    data = make_shards(tmp_path / "d", [200] * 6)
+    a, b = ShardLoader(data, "train", 2, 16, seed=1), ShardLoader(data, "train", 2, 16, seed=1)
+    orders = [a.shard_order(e) for e in range(6)]
+    assert orders == [b.shard_order(e) for e in range(6)]
+    assert all(sorted(o) == list(range(6)) for o in orders)
+    assert len({tuple(o) for o in orders}) > 1  # a new permutation per epoch
+    assert orders != [ShardLoader(data, "train", 2, 16, seed=2).shard_order(e) for e in range(6)]
+    # what is read follows the drawn order, epoch after epoch
+    per_shard = (200 - 1) // 32
+    for epoch in range(2):
+        for k in orders[epoch]:
+            for _ in range(per_shard):
+                assert int(a.next_batch()[0][0, 0]) // 10_000 == k
+    assert ShardLoader(data, "train", 2, 16, shuffle=False).shard_order(3) == list(range(6))
+
+
+def test_val_is_not_shuffled_and_errors(tmp_path):
+    data = make_shards(tmp_path / "d", [100, 100, 100], split="val")
+    val = ShardLoader(data, "val", 2, 8)
+    assert val.shard_order(0) == val.shard_order(1) == [0, 1, 2]
+    with pytest.raises(UserError, match="no 'train' shards"):
+        ShardLoader(data, "train", 2, 8)
+    with pytest.raises(UserError, match="does not exist"):
+        ShardLoader(tmp_path / "nowhere", "val", 2, 8)
+    with pytest.raises(UserError, match="holds one step"):
+        ShardLoader(data, "val", 8, 16)
+    with pytest.raises(UserError):
+        ShardLoader(data, "val", 2, 8, rank=2, world_size=2)
+
+
+def test_sample_windows(tmp_path):
+    data = make_shards(tmp_path / "d")
+    windows = sample_windows(data, "train", 64, 32, seed=0)
+    assert windows.dtype == torch.int64 and windows.shape == (64, 32)
+    assert torch.equal(windows, sample_windows(data, "train", 64, 32, seed=0))
+    assert not torch.equal(windows, sample_windows(data, "train", 64, 32, seed=1))
+    shard_ids = windows // 10_000
+    offsets = windows % 10_000
+    assert (shard_ids == shard_ids[:, :1]).all()  # a window never spans two shards
+    assert (offsets.diff(dim=1) == 1).all()  # contiguous tokens
+    assert (offsets[:, -1] < torch.tensor(SHARD_LENGTHS)[shard_ids[:, 0]]).all()
+    assert len(set(shard_ids[:, 0].tolist())) >= 4  # drawn over the whole split
+    with pytest.raises(UserError):
+        sample_windows(data, "train", 4, 1000, seed=0)

@@ -1,0 +1,373 @@
+"""GPT-2 / NdGPT-2 models: parameter counts, presets, HF interop, init, optimizer groups, generation."""
+
+from __future__ import annotations
+
+import math
+
+import ndlinear as pypi_ndlinear
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models import MODEL_NAMES, GPT, build_model, model_config
+from models.ndlinear import NdLinear
+
+TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=512)
+
+# The parameter counts the issue fixes (tied head counted once).
+EXPECTED_PARAMS = {
+    "gpt2": 124_475_904,
+    "ndgpt2": 96_146_004,
+    "ndgpt2-82m": 81_980_976,
+    "gpt2-mlp1536": 96_145_920,
+    "ndgpt2-84m": 84_340_452,
+}
+
+
+def tokens(batch, length, vocab, seed=0):
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def perturb_(model: nn.Module, scale=0.05, seed=0):
+    """Random noise on every parameter, so biases and LayerNorms are not at their trivial init."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * scale)
+    return model
+
+
+# ----- presets and parameter counts -----
+
+def test_model_names_cover_presets():
+    assert set(MODEL_NAMES) == set(EXPECTED_PARAMS)
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_PARAMS))
+def test_full_size_parameter_counts(name):
+    with torch.device("meta"):
+        model = build_model(name)
+    unique = {id(p): p.numel() for p in model.parameters()}
+    assert sum(unique.values()) == EXPECTED_PARAMS[name]
+    assert model.num_params() == EXPECTED_PARAMS[name]
+    assert model.lm_head.weight is model.transformer.wte.weight
+
+
+def test_ndgpt2_mlp_parameter_arithmetic():
+    """Per block: NdLinear((768,1)->(1536,2)) + NdLinear((1536,2)->(768,1)) = 2,361,607 params."""
+    with torch.device("meta"):
+        model = build_model("ndgpt2", n_layer=1)
+    mlp = model.transformer.h[0].mlp
+    assert sum(p.numel() for p in mlp.parameters()) == 2_361_607
+    assert sum(p.numel() for p in mlp.c_fc.parameters()) == 768 * 1536 + 1536 + 1 * 2 + 2
+
+
+def test_overrides_scale_presets_down():
+    model = build_model("ndgpt2", n_layer=3, n_head=4, n_embd=64, block_size=32, vocab_size=256)
+    assert len(model.transformer.h) == 3
+    mlp = model.transformer.h[0].mlp
+    assert isinstance(mlp.c_fc, NdLinear) and isinstance(mlp.c_proj, NdLinear)
+    assert (mlp.c_fc.input_dims, mlp.c_fc.hidden_size) == ((64, 1), (128, 2))
+    assert (mlp.c_proj.input_dims, mlp.c_proj.hidden_size) == ((128, 2), (64, 1))
+    assert model.transformer.wpe.weight.shape == (32, 64)
+    assert model.transformer.wte.weight.shape == (256, 64)
+
+    c82 = build_model("ndgpt2-82m", n_layer=1, n_head=4, n_embd=64, vocab_size=256).transformer.h[0].mlp.c_fc
+    assert (c82.input_dims, c82.hidden_size) == ((1, 64), (1, 64))
+    cfg84 = model_config("ndgpt2-84m", n_embd=64, n_head=4)
+    assert (cfg84.nd_in, cfg84.nd_hidden, cfg84.block_size) == ((64, 1), (64, 6), 4096)
+    control = build_model("gpt2-mlp1536", n_layer=1, n_head=4, n_embd=64, vocab_size=256).transformer.h[0].mlp
+    assert isinstance(control.c_fc, nn.Linear) and control.c_fc.out_features == 128
+
+
+def test_bad_model_name_lists_valid_names():
+    with pytest.raises(ValueError) as err:
+        build_model("gpt3")
+    for name in MODEL_NAMES:
+        assert name in str(err.value)
+
+
+def test_bad_override_field_raises():
+    with pytest.raises(ValueError, match="n_layers"):
+        build_model("gpt2", n_layers=2)
+    with pytest.raises(ValueError):
+        build_model("gpt2", n_embd=30, n_head=4)  # not divisible
+
+
+# ----- Hugging Face interop -----
+
+@pytest.fixture
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+def hf_logits(hf_model, idx):
+    with torch.no_grad():
+        return hf_model(idx).logits
+
+
+def our_logits(model, idx):
+    with torch.no_grad():
+        return model(idx)[0]
+
+
+@pytest.mark.parametrize("activation", ["gelu_new", "gelu"])
+def test_from_pretrained_matches_transformers(tmp_path, offline, activation):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=1000,
+                        activation_function=activation, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    torch.manual_seed(0)
+    hf = perturb_(GPT2LMHeadModel(config)).eval()
+    hf.save_pretrained(tmp_path)
+
+    model = GPT.from_pretrained(str(tmp_path)).eval()
+    assert model.config.n_layer == 2 and model.config.n_embd == 64 and model.config.vocab_size == 1000
+    idx = tokens(2, 48, 1000)
+    diff = (our_logits(model, idx) - hf_logits(hf, idx)).abs().max().item()
+    assert diff < 1e-4, f"max |logit diff| {diff}"
+
+
+@pytest.mark.parametrize("gelu,activation", [("tanh", "gelu_new"), ("none", "gelu")])
+def test_save_hf_loads_in_transformers(tmp_path, offline, gelu, activation):
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = perturb_(build_model("gpt2", **TINY, gelu=gelu)).eval()
+    model.save_hf(str(tmp_path))
+    hf = GPT2LMHeadModel.from_pretrained(str(tmp_path)).eval()
+    assert hf.config.activation_function == activation
+    idx = tokens(2, 40, TINY["vocab_size"])
+    diff = (our_logits(model, idx) - hf_logits(hf, idx)).abs().max().item()
+    assert diff < 1e-4, f"max |logit diff| {diff}"
+    # and back again: the round trip keeps the activation and the logits
+    again = GPT.from_pretrained(str(tmp_path)).eval()
+    assert again.config.gelu == gelu
+    torch.testing.assert_close(our_logits(again, idx), our_logits(model, idx), atol=1e-5, rtol=0)
+
+
+def test_save_hf_keeps_custom_mlp_width(tmp_path, offline):
+    from transformers import GPT2LMHeadModel
+
+    model = perturb_(build_model("gpt2-mlp1536", **TINY)).eval()
+    model.save_hf(str(tmp_path))
+    hf = GPT2LMHeadModel.from_pretrained(str(tmp_path)).eval()
+    assert hf.config.n_inner == 2 * TINY["n_embd"]
+    idx = tokens(1, 16, TINY["vocab_size"])
+    assert (our_logits(model, idx) - hf_logits(hf, idx)).abs().max() < 1e-4
+
+
+def test_ndgpt2_export_is_refused(tmp_path, offline):
+    model = build_model("ndgpt2", **TINY)
+    with pytest.raises(ValueError, match="dense"):
+        model.save_hf(str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+# ----- NdGPT-2 block = package NdLinear MLP -----
+
+def test_ndgpt2_mlp_equals_package_layers():
+    torch.manual_seed(0)
+    model = perturb_(build_model("ndgpt2", **TINY)).double()
+    mlp = model.transformer.h[0].mlp
+    C = TINY["n_embd"]
+    fc1 = pypi_ndlinear.NdLinear((C, 1), (2 * C, 2)).double()
+    fc2 = pypi_ndlinear.NdLinear((2 * C, 2), (C, 1)).double()
+    fc1.load_state_dict(mlp.c_fc.state_dict())
+    fc2.load_state_dict(mlp.c_proj.state_dict())
+    x = torch.randn(3, 5, C, dtype=torch.float64)
+    expected = fc2(F.gelu(fc1(x.view(15, C, 1)), approximate="tanh")).view(3, 5, C)
+    torch.testing.assert_close(mlp(x), expected, atol=1e-10, rtol=0)
+
+
+# ----- weight tying and optimizer -----
+
+def test_weight_tying_survives_a_training_step():
+    torch.manual_seed(0)
+    model = build_model("gpt2", **TINY)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    before = model.transformer.wte.weight.detach().clone()
+    opt = model.configure_optimizers(weight_decay=0.1, learning_rate=1e-2, device_type="cpu")
+    idx = tokens(2, 16, TINY["vocab_size"])
+    _, loss = model(idx, targets=idx.roll(-1, dims=1))
+    loss.backward()
+    opt.step()
+    assert not torch.equal(model.transformer.wte.weight, before)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    torch.testing.assert_close(model.lm_head.weight, model.transformer.wte.weight, atol=0, rtol=0)
+    # the state dict still stores both names with equal values, and a reload stays tied
+    reloaded = build_model("gpt2", **TINY)
+    reloaded.load_state_dict(model.state_dict())
+    assert reloaded.lm_head.weight is reloaded.transformer.wte.weight
+    assert torch.equal(reloaded.lm_head.weight, model.transformer.wte.weight)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "ndgpt2"])
+def test_optimizer_groups(name):
+    model = build_model(name, **TINY)
+    opt = model.configure_optimizers(weight_decay=0.1, learning_rate=6e-4, betas=(0.9, 0.95), eps=1e-8,
+                                     device_type="cpu")
+    assert isinstance(opt, torch.optim.AdamW)
+    named = dict(model.named_parameters())
+    by_id = {id(p): n for n, p in named.items()}
+    groups = {g["weight_decay"]: [by_id[id(p)] for p in g["params"]] for g in opt.param_groups}
+    assert set(groups) == {0.1, 0.0}
+    decay, no_decay = groups[0.1], groups[0.0]
+
+    assert sorted(decay + no_decay) == sorted(named)  # every parameter, each in exactly one group
+    assert len(set(decay)) == len(decay) and len(set(no_decay)) == len(no_decay)
+    assert set(decay) == {n for n, p in named.items() if p.dim() >= 2}
+    assert all(named[n].dim() < 2 for n in no_decay)
+    assert any(n.endswith(".bias") for n in no_decay)
+    assert {"transformer.ln_f.weight", "transformer.h.0.ln_1.weight", "transformer.h.1.ln_2.bias"} <= set(
+        no_decay)
+    assert "transformer.wte.weight" in decay and "transformer.h.0.mlp.c_fc" in " ".join(decay)
+    for group in opt.param_groups:
+        assert group["betas"] == (0.9, 0.95)
+        assert group["eps"] == 1e-8
+        assert group["lr"] == 6e-4
+
+
+# ----- initialisation -----
+
+def pooled_std(tensors):
+    return torch.cat([t.detach().flatten() for t in tensors]).std().item()
+
+
+def test_gpt2_init_statistics():
+    torch.manual_seed(0)
+    n_layer = 4
+    model = build_model("gpt2", n_layer=n_layer, n_head=4, n_embd=256, block_size=256, vocab_size=4096)
+    blocks = model.transformer.h
+    residual_std = 0.02 / math.sqrt(2 * n_layer)
+
+    plain = [b.attn.c_attn.weight for b in blocks] + [b.mlp.c_fc.weight for b in blocks]
+    residual = [b.attn.c_proj.weight for b in blocks] + [b.mlp.c_proj.weight for b in blocks]
+    assert pooled_std(plain) == pytest.approx(0.02, rel=0.03)
+    assert pooled_std(residual) == pytest.approx(residual_std, rel=0.03)
+    assert pooled_std([model.transformer.wte.weight]) == pytest.approx(0.02, rel=0.03)  # not shrunk
+    assert pooled_std([model.transformer.wpe.weight]) == pytest.approx(0.02, rel=0.03)
+    for name, p in model.named_parameters():
+        if name.endswith(".bias"):
+            assert torch.count_nonzero(p) == 0, name
+        elif ".ln_" in name or "ln_f" in name:
+            assert torch.all(p == 1), name
+
+
+def test_ndgpt2_init_statistics():
+    torch.manual_seed(0)
+    n_layer = 4
+    model = build_model("ndgpt2", n_layer=n_layer, n_head=4, n_embd=256, block_size=64, vocab_size=4096)
+    blocks = model.transformer.h
+
+    def big_and_small(layer):
+        ordered = sorted(layer.align_layers, key=lambda m: m.weight.numel())
+        return ordered[-1], ordered[:-1]
+
+    fc_big = [big_and_small(b.mlp.c_fc)[0].weight for b in blocks]
+    proj_big = [big_and_small(b.mlp.c_proj)[0].weight for b in blocks]
+    assert fc_big[0].shape == (512, 256) and proj_big[0].shape == (256, 512)
+    assert pooled_std(fc_big) == pytest.approx(0.02, rel=0.03)
+    assert pooled_std(proj_big) == pytest.approx(0.02 / math.sqrt(2 * n_layer), rel=0.03)
+    assert pooled_std([b.attn.c_attn.weight for b in blocks]) == pytest.approx(0.02, rel=0.03)
+    assert pooled_std([model.transformer.wte.weight]) == pytest.approx(0.02, rel=0.03)
+    for b in blocks:
+        for layer in (b.mlp.c_fc, b.mlp.c_proj):
+            _, small = big_and_small(layer)
+            assert small, "ndgpt2 factors: one big, at least one small"
+            for factor in small:
+                assert torch.all(factor.weight != 0)
+                assert factor.weight.abs().max() <= factor.in_features ** -0.5  # nn.Linear's U(+-1/sqrt(in))
+            for factor in layer.align_layers:
+                assert torch.count_nonzero(factor.bias) == 0
+    # a 1 -> 2 / 2 -> 1 factor at std 0.02 would scale the whole signal down 50x
+    small_weights = [f.weight for b in blocks for layer in (b.mlp.c_fc, b.mlp.c_proj) for f in big_and_small(layer)[1]]
+    assert torch.cat([w.detach().flatten() for w in small_weights]).abs().mean() > 0.1
+
+
+# ----- forward and generation -----
+
+@pytest.mark.parametrize("name", ["gpt2", "ndgpt2", "ndgpt2-82m", "gpt2-mlp1536"])
+def test_forward_shapes_and_initial_loss(name):
+    torch.manual_seed(0)
+    model = build_model(name, **TINY)
+    vocab = TINY["vocab_size"]
+    idx = tokens(3, 20, vocab)
+    logits, loss = model(idx)
+    assert logits.shape == (3, 20, vocab) and loss is None
+    hidden = model.hidden_states(idx)
+    assert hidden.shape == (3, 20, TINY["n_embd"])
+    torch.testing.assert_close(model.lm_head(hidden), logits)
+
+    logits, loss = model(idx, targets=tokens(3, 20, vocab, seed=1))
+    assert loss.ndim == 0
+    assert abs(loss.item() - math.log(vocab)) < 0.2  # near-uniform predictions at init
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_forward_rejects_too_long_sequence():
+    model = build_model("gpt2", **{**TINY, "block_size": 8})
+    with pytest.raises(ValueError, match="block_size"):
+        model(tokens(1, 9, TINY["vocab_size"]))
+
+
+def test_loss_ignores_minus_one_targets():
+    torch.manual_seed(0)
+    model = build_model("gpt2", **TINY)
+    idx = tokens(1, 10, TINY["vocab_size"])
+    targets = tokens(1, 10, TINY["vocab_size"], seed=2)
+    masked = targets.clone()
+    masked[0, 5:] = -1
+    logits, loss = model(idx, targets=masked)
+    expected = F.cross_entropy(logits[0, :5], targets[0, :5])
+    torch.testing.assert_close(loss, expected)
+
+
+@pytest.fixture(scope="module")
+def sampler():
+    torch.manual_seed(0)
+    return perturb_(build_model("gpt2", **{**TINY, "block_size": 16}), scale=0.3).eval()
+
+
+def test_generate_seeded_is_deterministic(sampler):
+    prompt = tokens(2, 4, TINY["vocab_size"])
+    a = sampler.generate(prompt, 10, top_k=50, generator=torch.Generator().manual_seed(42))
+    b = sampler.generate(prompt, 10, top_k=50, generator=torch.Generator().manual_seed(42))
+    assert a.shape == (2, 14)
+    assert torch.equal(a, b)
+    assert torch.equal(a[:, :4], prompt)
+    # past block_size the context is cropped rather than failing
+    long = sampler.generate(prompt, 20, generator=torch.Generator().manual_seed(0))
+    assert long.shape == (2, 24)
+    assert torch.equal(sampler.generate(prompt, 0), prompt)
+
+
+def test_generate_top_k_one_is_greedy(sampler):
+    prompt = tokens(2, 3, TINY["vocab_size"], seed=5)
+    out = sampler.generate(prompt, 8, temperature=0.7, top_k=1, generator=torch.Generator().manual_seed(1))
+    greedy = prompt
+    with torch.no_grad():
+        for _ in range(8):
+            logits, _ = sampler(greedy[:, -sampler.config.block_size:])
+            greedy = torch.cat([greedy, logits[:, -1].argmax(dim=-1, keepdim=True)], dim=1)
+    assert torch.equal(out, greedy)
+
+
+def test_generate_top_k_restricts_choices(sampler):
+    prompt = tokens(1, 4, TINY["vocab_size"], seed=3)
+    with torch.no_grad():
+        allowed = sampler(prompt)[0][0, -1].topk(3).indices.tolist()
+    for seed in range(20):
+        out = sampler.generate(prompt, 1, top_k=3, generator=torch.Generator().manual_seed(seed))
+        assert out[0, -1].item() in allowed
+
+
+@pytest.mark.parametrize("kwargs", [dict(top_k=0), dict(top_k=-3), dict(max_new_tokens=-1),
+                                    dict(temperature=0.0)])
+def test_generate_rejects_bad_arguments(sampler, kwargs):
+    args = dict(max_new_tokens=2, top_k=50, temperature=1.0) | kwargs
+    with pytest.raises(ValueError):
+        sampler.generate(tokens(1, 2, TINY["vocab_size"]), **args)
