@@ -4,8 +4,8 @@
 
 The file lands in data/hellaswag/hellaswag_val.jsonl, where the evaluator looks first. Offline,
 pass the llama.cpp-derived copy instead (same 10,042 examples, lightly preprocessed WikiHow text):
---hellaswag ../shared/data/hellaswag/hellaswag_val_llamacpp_derived.jsonl. ``--check`` validates a file and prints
-its size without downloading anything.
+--hellaswag ../shared/data/hellaswag/hellaswag_val_llamacpp_derived.jsonl.
+``--check PATH`` validates a file and prints its example count without downloading anything.
 """
 
 from __future__ import annotations

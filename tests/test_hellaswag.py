@@ -133,7 +133,8 @@ def test_limit(derived_file, examples):
 # ----------------------------------------------------------------------------- scoring
 
 def test_batched_counts_equal_per_example_reference(model, examples, reference):
-    result = evaluate_hellaswag(model, examples, batch_size=16, amp=False, progress=False)  # 16 does not divide 40
+    # batch 16 does not divide N = 40
+    result = evaluate_hellaswag(model, examples, batch_size=16, amp=False, progress=False)
     correct, correct_norm = counts(*reference, examples)
     assert result == {"acc": correct / N, "acc_norm": correct_norm / N, "n": N}
     sums, means = score_examples(model, examples[:11], batch_size=3, amp=False)

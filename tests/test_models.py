@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import MODEL_NAMES, GPT, build_model, model_config
+from models import GPT, MODEL_NAMES, build_model, model_config
 from models.ndlinear import NdLinear
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=512)
@@ -283,8 +283,9 @@ def test_ndgpt2_init_statistics():
             for factor in layer.align_layers:
                 assert torch.count_nonzero(factor.bias) == 0
     # a 1 -> 2 / 2 -> 1 factor at std 0.02 would scale the whole signal down 50x
-    small_weights = [f.weight for b in blocks for layer in (b.mlp.c_fc, b.mlp.c_proj) for f in big_and_small(layer)[1]]
-    assert torch.cat([w.detach().flatten() for w in small_weights]).abs().mean() > 0.1
+    layers = [layer for b in blocks for layer in (b.mlp.c_fc, b.mlp.c_proj)]
+    small_weights = [f.weight.detach().flatten() for layer in layers for f in big_and_small(layer)[1]]
+    assert torch.cat(small_weights).abs().mean() > 0.1
 
 
 # ----- forward and generation -----

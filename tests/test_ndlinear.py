@@ -118,8 +118,10 @@ def expected_factor_inputs(layer: NdLinear, x: torch.Tensor) -> dict[int, torch.
     return inputs
 
 
-@pytest.mark.parametrize("input_dims,hidden_size,transform_outer",
-                         [((4, 3, 2), (2, 5, 3), True), ((4, 3, 2), (2, 5, 3), False), ((6, 1), (8, 2), True)])
+HOOK_CASES = [((4, 3, 2), (2, 5, 3), True), ((4, 3, 2), (2, 5, 3), False), ((6, 1), (8, 2), True)]
+
+
+@pytest.mark.parametrize("input_dims,hidden_size,transform_outer", HOOK_CASES)
 def test_hook_on_factor_sees_its_exact_input(input_dims, hidden_size, transform_outer):
     ours, ref = make_pair(input_dims, hidden_size, transform_outer)
     x = torch.randn(5, *input_dims, dtype=torch.float64)
@@ -128,9 +130,11 @@ def test_hook_on_factor_sees_its_exact_input(input_dims, hidden_size, transform_
 
     seen, ref_seen = {}, {}
     handles = []
-    for i, (factor, ref_factor) in enumerate(zip(ours.align_layers, ref.align_layers)):
-        handles.append(factor.register_forward_hook(lambda m, inp, out, i=i: seen.__setitem__(i, inp[0])))
-        handles.append(ref_factor.register_forward_hook(lambda m, inp, out, i=i: ref_seen.__setitem__(i, inp[0])))
+    for layer, store in ((ours, seen), (ref, ref_seen)):
+        for i, factor in enumerate(layer.align_layers):
+            def keep_input(module, inputs, output, i=i, store=store):
+                store[i] = inputs[0]
+            handles.append(factor.register_forward_hook(keep_input))
     out = ours(x)
     ref(x)
     for h in handles:
@@ -149,7 +153,8 @@ def test_hook_on_factor_sees_its_exact_input(input_dims, hidden_size, transform_
         torch.testing.assert_close(rows.norm(dim=0), ref_seen[i].norm(dim=0), atol=1e-10, rtol=0)
 
 
-@pytest.mark.parametrize("input_dims,hidden_size", [((64, 1), (128, 2)), ((128, 2), (64, 1)), ((4, 3, 2), (2, 5, 3))])
+@pytest.mark.parametrize("input_dims,hidden_size",
+                         [((64, 1), (128, 2)), ((128, 2), (64, 1)), ((4, 3, 2), (2, 5, 3))])
 def test_bf16_autocast_close_to_fp32(input_dims, hidden_size):
     torch.manual_seed(0)
     layer = NdLinear(input_dims, hidden_size)

@@ -274,7 +274,7 @@ def test_cli_magnitude_nm_without_output(workspace, capsys):
     (["--ckpt", "{tmp}/corrupt.pt"], "corrupt", True),
     (["--ckpt", "{tmp}/missing.pt"], "checkpoint not found", False),
     (["--out", "{tmp}/existing.pt"], "exists; pass --force", False),
-    (["--data", "{tmp}/empty"], "no train shards", False),
+    (["--data", "{tmp}/empty"], "no 'train' shards", False),
 ])
 def test_cli_bad_input(repo_root, workspace, capsys, args, message, subproc):
     tmp, data, ckpt = workspace

@@ -190,7 +190,8 @@ def _score_one_example(model, rows, device) -> tuple[torch.Tensor, torch.Tensor]
     """Reference scorer for one example (4 rows): full logits, fp32, masked cross-entropy."""
     idx, targets, scored = _pad_rows(rows, device)
     logits, _ = model(idx)
-    losses = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
+    losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+    losses = losses.view_as(targets)
     return _sum_and_mean((losses * scored).sum(1), scored.sum(1))
 
 

@@ -10,6 +10,7 @@ built-in offline corpus (the stdlib's pydoc topics) for smoke runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -23,6 +24,11 @@ from tqdm import tqdm
 
 from utils.cli import UserError
 from utils.tokenizer import EOT, get_encoding
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock, builds must not run concurrently
+    fcntl = None
 
 MANIFEST = "done.json"
 MANIFEST_VERSION = 2  # bump when the tokenization or text cleaning changes
@@ -47,13 +53,15 @@ def to_uint16(tokens: np.ndarray) -> np.ndarray:
     return tokens.astype(np.uint16)
 
 
-def tokenize_documents(texts: Iterable[str], workers: int = 1, chunksize: int = 16) -> Iterator[np.ndarray]:
-    """Token arrays of ``texts`` in order; a process pool when ``workers > 1``."""
+@contextlib.contextmanager
+def document_tokenizer(workers: int = 1) -> Iterator[Callable[..., Iterator[np.ndarray]]]:
+    """``tokenize(texts, chunksize)`` -> token arrays in order, from a process pool when ``workers > 1``."""
+    get_encoding()  # built once here, so forked workers inherit it instead of each building their own
     if workers <= 1:
-        yield from map(tokenize_document, texts)
+        yield lambda texts, chunksize=1: map(tokenize_document, texts)
         return
-    with mp.Pool(workers) as pool:  # closing this generator early terminates the pool
-        yield from pool.imap(tokenize_document, texts, chunksize=chunksize)
+    with mp.Pool(workers) as pool:
+        yield lambda texts, chunksize=16: pool.imap(tokenize_document, texts, chunksize=chunksize)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -263,7 +271,6 @@ def _manifest_matches(out_dir: Path, settings: dict) -> dict | None:
 
 def _prepare_out_dir(out_dir: Path, prefix: str, overwrite: bool) -> None:
     """Refuse to mix with shards of other settings, unless --overwrite says to replace them."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     old = sorted(out_dir.glob(f"{prefix}_val_*.npy")) + sorted(out_dir.glob(f"{prefix}_train_*.npy"))
     if old and not overwrite:
         raise UserError(f"{out_dir} already holds {len(old)} '{prefix}' shard(s) made with other settings "
@@ -286,13 +293,36 @@ def _finish(out_dir: Path, settings: dict, shards: list[dict]) -> dict:
     return manifest
 
 
+@contextlib.contextmanager
+def _locked(out_dir: Path) -> Iterator[None]:
+    """An exclusive lock on the directory itself: concurrent builders (e.g. DDP ranks) take turns."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _build(out_dir: Path, prefix: str, settings: dict, overwrite: bool,
            write: Callable[[ShardWriter], None], writer_kwargs: dict, max_tokens: int | None) -> dict:
-    manifest = _manifest_matches(out_dir, settings)
-    if manifest is not None:
-        manifest["skipped"] = True
-        return manifest
-    _prepare_out_dir(out_dir, prefix, overwrite)
+    with _locked(out_dir):
+        manifest = _manifest_matches(out_dir, settings)
+        if manifest is not None:
+            manifest["skipped"] = True
+            return manifest
+        _prepare_out_dir(out_dir, prefix, overwrite)
+        manifest = _write_all(out_dir, prefix, settings, write, writer_kwargs, max_tokens)
+    manifest["skipped"] = False
+    return manifest
+
+
+def _write_all(out_dir: Path, prefix: str, settings: dict, write: Callable[[ShardWriter], None],
+               writer_kwargs: dict, max_tokens: int | None) -> dict:
     with tqdm(total=max_tokens, unit="tok", unit_scale=True, desc=f"tokenizing -> {out_dir}") as bar:
         writer = ShardWriter(out_dir, prefix, settings["shard_size"], max_tokens=max_tokens, progress=bar,
                              **writer_kwargs)
@@ -303,13 +333,11 @@ def _build(out_dir: Path, prefix: str, settings: dict, overwrite: bool,
             for s in writer.shards:  # an interrupted build is not reused, so do not leave its shards
                 (out_dir / s["file"]).unlink(missing_ok=True)
             raise
-    manifest = _finish(out_dir, settings, shards)
-    manifest["skipped"] = False
-    return manifest
+    return _finish(out_dir, settings, shards)
 
 
-def _write_documents(writer: ShardWriter, texts: Iterable[str], workers: int, chunksize: int) -> None:
-    for tokens in tokenize_documents(texts, workers, chunksize):
+def _write_documents(writer: ShardWriter, token_arrays: Iterable[np.ndarray]) -> None:
+    for tokens in token_arrays:
         if not writer.add(tokens):
             break
 
@@ -341,10 +369,11 @@ def build_from_files(inputs: Iterable[str | Path], out_dir: str | Path, prefix: 
                 i += 1
 
     def write(writer: ShardWriter) -> None:
-        _write_documents(writer, documents(True), workers, chunksize)
-        writer.start_split("train")
-        if not writer.full:
-            _write_documents(writer, documents(False), workers, chunksize)
+        with document_tokenizer(workers) as tokenize:
+            _write_documents(writer, tokenize(documents(True), chunksize))
+            writer.start_split("train")
+            if not writer.full:
+                _write_documents(writer, tokenize(documents(False), chunksize))
 
     return _build(Path(out_dir), prefix, settings, overwrite, write, {"split": "val"}, max_tokens)
 
@@ -373,7 +402,8 @@ def build_fineweb(out_dir: str | Path = "data/edu_fineweb10B", prefix: str = "ed
         dataset = []
 
     def write(writer: ShardWriter) -> None:
-        _write_documents(writer, (row["text"] for row in dataset), workers, chunksize=16)
+        with document_tokenizer(workers) as tokenize:
+            _write_documents(writer, tokenize((row["text"] for row in dataset), chunksize=16))
 
     return _build(out_dir, prefix, settings, overwrite, write, {"split": "val", "val_shards": 1}, max_tokens)
 
@@ -397,9 +427,10 @@ def build_builtin(out_dir: str | Path = "data/builtin", prefix: str = "builtin",
                 "shard_size": shard_size, "prefix": prefix, "seed": seed, "val_docs": sorted(val_ids)}
 
     def write(writer: ShardWriter) -> None:
-        _write_documents(writer, (d for i, d in enumerate(docs) if i in val_ids), 1, 1)
-        writer.start_split("train")
-        _write_documents(writer, (d for i, d in enumerate(docs) if i not in val_ids), 1, 1)
+        with document_tokenizer(1) as tokenize:
+            _write_documents(writer, tokenize(d for i, d in enumerate(docs) if i in val_ids))
+            writer.start_split("train")
+            _write_documents(writer, tokenize(d for i, d in enumerate(docs) if i not in val_ids))
 
     manifest = _build(Path(out_dir), prefix, settings, overwrite, write, {"split": "val"}, None)
     if manifest["val_tokens"] < BUILTIN_MIN_VAL_TOKENS:

@@ -25,7 +25,7 @@ PRESETS = {
     "smoke": dict(
         model=dict(n_layer=2, n_head=2, n_embd=64, block_size=64),
         data=None,  # the builtin corpus, prepared on first use
-        micro_batch=8, seq_len=64, total_batch=None, max_steps=300, warmup_steps=30,
+        micro_batch=4, seq_len=64, total_batch=None, max_steps=300, warmup_steps=30,
         lr=3e-3, min_lr=3e-4, weight_decay=0.1, grad_clip=1.0, eval_every=50, val_batches=20,
         hellaswag_limit=50,
     ),

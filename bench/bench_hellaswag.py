@@ -1,0 +1,74 @@
+"""HellaSwag evaluation: batched scorer vs the one-example-per-forward fp32 loop.
+
+    python bench/bench_hellaswag.py [--examples 200] [--batch-size 16] [--repeats 3] [--no-write]
+
+A randomly initialised 4-layer / 256-wide GPT (vocab 50304) scores the same N real examples both
+ways in one run, interleaved; both run in fp32 (the batched one with amp=False) and must give
+identical acc / acc_norm counts. Goal: batched >= 2.5x faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from bench.common import interleaved_medians, machine_line, write_section
+from models import build_model
+from utils.cli import UserError, pick_device, run_main
+from utils.hellaswag import default_hellaswag_path, evaluate_hellaswag, load_hellaswag
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hellaswag", help="HellaSwag jsonl (default: found as utils.hellaswag does)")
+    ap.add_argument("--examples", type=int, default=200, help="examples per run (default: %(default)s)")
+    ap.add_argument("--batch-size", type=int, default=16, help="examples per forward, batched scorer")
+    ap.add_argument("--repeats", type=int, default=3, help="timed repetitions (default: %(default)s)")
+    ap.add_argument("--device", help="cpu / cuda (default: best available)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-write", action="store_true", help="print only, do not update bench/RESULTS.md")
+    args = ap.parse_args()
+    if args.examples < 1 or args.repeats < 1:
+        raise UserError("--examples and --repeats must be >= 1")
+    device = pick_device(args.device)
+    torch.manual_seed(args.seed)
+    model = build_model("gpt2", n_layer=4, n_head=4, n_embd=256, vocab_size=50304).to(device).eval()
+    examples = load_hellaswag(default_hellaswag_path(args.hellaswag), limit=args.examples)
+
+    results = {}
+
+    def case(name, **kw):
+        def run():
+            results[name] = evaluate_hellaswag(model, examples, device=device, progress=False, **kw)
+        return run
+
+    times = interleaved_medians({"per_example": case("per_example", per_example=True),
+                                 "batched": case("batched", batch_size=args.batch_size, amp=False)},
+                                repeats=args.repeats, warmup=1)
+    if results["batched"] != results["per_example"]:
+        raise SystemExit(f"bench_hellaswag: counts differ: batched {results['batched']} vs "
+                         f"per-example {results['per_example']}")
+    n = len(examples)
+    ratio = times["per_example"] / times["batched"]
+    lines = [f"`python bench/bench_hellaswag.py --examples {n} --batch-size {args.batch_size} "
+             f"--repeats {args.repeats}` — random 4-layer/256-wide GPT (vocab 50304), {n} examples, "
+             f"fp32 both, median of {args.repeats} interleaved runs; {device}, {machine_line()}.", "",
+             "| scorer | time | examples/s | acc | acc_norm |", "|---|---|---|---|---|"]
+    for name, label in (("per_example", "one example per forward, full logits"),
+                        ("batched", f"batched ({args.batch_size} ex/forward, head at ending positions)")):
+        r = results[name]
+        lines.append(f"| {label} | {times[name]:.2f} s | {n / times[name]:.1f} | {r['acc']:.4f} | "
+                     f"{r['acc_norm']:.4f} |")
+    lines += ["", f"Identical counts; speed-up **{ratio:.2f}x** (goal >= 2.5x)."]
+    print("\n".join(lines))
+    if not args.no_write:
+        write_section("HellaSwag evaluation", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    run_main(main, "bench_hellaswag.py")
