@@ -21,7 +21,8 @@ PROG = "test_vit.py"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint written by train_vit.py")
     p.add_argument("--data", default=None,
                    help="synthetic, cifar10 or PATH (default: the data the checkpoint was trained on)")
@@ -38,12 +39,14 @@ def main(argv=None):
         raise UserError("--batch-size and --limit must be >= 1")
     device = pick_device(args.device)
     model, ckpt = load_vit(args.ckpt, device)
-    data = load_image_data(args.data or ckpt.get("data", "synthetic"))
+    data = load_image_data(args.data or ckpt.get("data", "synthetic"),
+                           *ckpt.get("synthetic_size", (2000, 500)))
     if data.num_classes != model.config.num_classes:
-        raise UserError(f"checkpoint has {model.config.num_classes} classes, {data.name} has {data.num_classes}")
+        raise UserError(f"checkpoint has {model.config.num_classes} classes, "
+                        f"{data.name} has {data.num_classes}")
     result = evaluate(model, data.test.head(args.limit), args.batch_size, device, desc="test")
-    report = {"ckpt": str(args.ckpt), "model": ckpt["model_name"], "epoch": ckpt.get("epoch"), "data": data.name,
-              "params": count_params(model)["total"], **result}
+    report = {"ckpt": str(args.ckpt), "model": ckpt["model_name"], "epoch": ckpt.get("epoch"),
+              "data": data.name, "params": count_params(model)["total"], **result}
     if args.json:
         print(json.dumps(report))
     else:

@@ -279,6 +279,7 @@ def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
     raw_model = GPT(config).to(device)
     optimizer = raw_model.configure_optimizers(args.weight_decay, args.lr, betas=(0.9, 0.95), eps=1e-8,
                                                device_type=device_type)
+    resumed = ckpt is not None
     start_step, history = 0, {"val": [], "hella": []}
     time_before = {"train": 0.0, "wall": 0.0}  # seconds spent by earlier sessions of this run
     out = Path(args.out_dir)
@@ -356,7 +357,6 @@ def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
                 for old in run_checkpoints(out)[args.keep_checkpoints:]:
                     old.unlink(missing_ok=True)
 
-    resumed = ckpt is not None
     kill_after = int(os.environ.get(KILL_AFTER_STEP_ENV, "-1"))
     train_time, tokens_this_session = 0.0, 0
     wall_start = time.time()

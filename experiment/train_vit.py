@@ -31,38 +31,44 @@ from utils.vision_data import autocast, evaluate, iterate_batches, load_image_da
 PROG = "train_vit.py"
 # Defaults that depend on --data: the SPEC's ViT-S/16 recipe for real images, a tiny one for synthetic.
 PRESETS = {
-    "real": dict(image_size=224, patch_size=16, width=384, depth=12, heads=6, epochs=20, batch_size=32, lr=1e-4),
-    "synthetic": dict(image_size=32, patch_size=8, width=64, depth=2, heads=4, epochs=5, batch_size=64, lr=1e-3),
+    "real": dict(image_size=224, patch_size=16, width=384, depth=12, heads=6,
+                 epochs=20, batch_size=32, lr=1e-4),
+    "synthetic": dict(image_size=32, patch_size=8, width=64, depth=2, heads=4,
+                      epochs=5, batch_size=64, lr=1e-3),
 }
 ARCH_FLAGS = ("image_size", "patch_size", "width", "depth", "heads", "mlp_ratio")
 CKPT_RE = re.compile(r"model_(\d+)\.pt$")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=VIT_NAMES, default=None, help="vit (ViT-S/16) or ndvit (default: vit)")
     p.add_argument("--data", default=None,
                    help="synthetic (default), cifar10 (Hugging Face hub), or PATH to cifar-10-batches-py "
                         "or a datasets.save_to_disk directory")
     p.add_argument("--epochs", type=int, help="total epochs (default: 20 real data, 5 synthetic)")
     p.add_argument("--batch-size", type=int, help="default: 32 real data, 64 synthetic")
-    p.add_argument("--lr", type=float, help="AdamW learning rate (default: 1e-4 real data as SPEC, 1e-3 synthetic)")
+    p.add_argument("--lr", type=float,
+                   help="AdamW learning rate (default: 1e-4 real data, as SPEC; 1e-3 synthetic)")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (torch default 0.01)")
     p.add_argument("--image-size", type=int, help="model input size (default: 224 real data, 32 synthetic)")
     p.add_argument("--patch-size", type=int, help="default: 16 real data, 8 synthetic")
     p.add_argument("--width", type=int, help="default: 384 real data, 64 synthetic")
     p.add_argument("--depth", type=int, help="default: 12 real data, 2 synthetic")
     p.add_argument("--heads", type=int, help="default: 6 real data, 4 synthetic")
-    p.add_argument("--mlp-ratio", type=float, help="MLP width / width (default 4; the original ran NdViT at 0.5)")
+    p.add_argument("--mlp-ratio", type=float,
+                   help="MLP hidden / width (default 4; the original ran NdViT at 0.5)")
     p.add_argument("--limit", type=int, help="use only the first N train and N test images (quick runs)")
-    p.add_argument("--synthetic-size", type=int, nargs=2, default=(2000, 500), metavar=("TRAIN", "TEST"),
-                   help="number of synthetic train / test images (default 2000 500)")
+    p.add_argument("--synthetic-size", type=int, nargs=2, default=None, metavar=("TRAIN", "TEST"),
+                   help="number of synthetic train / test images (default 2000 500, or the checkpoint's)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--seed", type=int, default=42, help="init and shuffling seed (default 42)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     p.add_argument("--out-dir", default=None, help="run directory (default: logs/vit-<model>)")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
-                   help="resume model, optimizer and epoch from PATH, or from the newest checkpoint in --out-dir")
+                   help="resume model, optimizer and epoch from PATH, or from the newest checkpoint "
+                        "in --out-dir")
     return p.parse_args(argv)
 
 
@@ -74,7 +80,8 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 def resolve_resume(args, out_dir: Path):
     if args.resume is None:
         if latest_checkpoint(out_dir) is not None:
-            raise UserError(f"{out_dir} already holds checkpoints; pass --resume to continue or choose another --out-dir")
+            raise UserError(f"{out_dir} already holds checkpoints; pass --resume to continue "
+                            "or choose another --out-dir")
         return None
     path = latest_checkpoint(out_dir) if args.resume == "latest" else Path(args.resume)
     if path is None:
@@ -91,7 +98,7 @@ def main(argv=None):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if min(args.synthetic_size) < 1:
+    if args.synthetic_size is not None and min(args.synthetic_size) < 1:
         raise UserError("--synthetic-size values must be >= 1")
     device = pick_device(args.device)
     out_dir = Path(args.out_dir or f"logs/vit-{args.model or 'vit'}")
@@ -100,8 +107,10 @@ def main(argv=None):
 
     data_spec = args.data or (ckpt["data"] if ckpt else "synthetic")
     preset = PRESETS["synthetic" if data_spec == "synthetic" else "real"]
-    opt = {k: getattr(args, k) if getattr(args, k) is not None else preset[k] for k in ("epochs", "batch_size", "lr")}
-    data = load_image_data(data_spec, *args.synthetic_size)
+    opt = {k: getattr(args, k) if getattr(args, k) is not None else preset[k]
+           for k in ("epochs", "batch_size", "lr")}
+    synthetic_size = args.synthetic_size or (ckpt.get("synthetic_size") if ckpt else None) or (2000, 500)
+    data = load_image_data(data_spec, *synthetic_size)
     train_split, test_split = data.train.head(args.limit), data.test.head(args.limit)
 
     seed_everything(args.seed)
@@ -110,9 +119,11 @@ def main(argv=None):
         changed = [f"--{k.replace('_', '-')}" for k in ARCH_FLAGS if getattr(args, k) is not None
                    and getattr(args, k) != config[k]]
         if changed:
-            raise UserError(f"{', '.join(changed)} differ from the checkpoint's architecture; drop them to resume")
+            raise UserError(f"{', '.join(changed)} differ from the checkpoint's architecture; "
+                            "drop them to resume")
         if config["num_classes"] != data.num_classes:
-            raise UserError(f"checkpoint has {config['num_classes']} classes, {data_spec} has {data.num_classes}")
+            raise UserError(f"checkpoint has {config['num_classes']} classes, "
+                            f"{data_spec} has {data.num_classes}")
     else:
         model_name = args.model or "vit"
         config = {k: getattr(args, k) if getattr(args, k) is not None else preset[k] for k in ARCH_FLAGS
@@ -173,14 +184,15 @@ def main(argv=None):
         train_loss, train_acc = loss_sum / len(train_split), correct / len(train_split)
         test = evaluate(run_model, test_split, opt["batch_size"], device, desc="test")
         elapsed = time.time() - t0
-        print(f"epoch {epoch:3d} | train loss {train_loss:.4f} acc {train_acc:.4f} | test loss {test['loss']:.4f} "
-              f"top-1 {test['top1']:.4f} | {elapsed:.1f}s")
+        print(f"epoch {epoch:3d} | train loss {train_loss:.4f} acc {train_acc:.4f} | "
+              f"test loss {test['loss']:.4f} top-1 {test['top1']:.4f} | {elapsed:.1f}s")
         with open(log_path, "a") as f:
             f.write(f"{epoch} train {train_loss:.6f}\n{epoch} train_acc {train_acc:.4f}\n"
                     f"{epoch} test {test['loss']:.4f}\n{epoch} top1 {test['top1']:.4f}\n")
         save_checkpoint(out_dir / f"model_{epoch:03d}.pt", model, kind="vit", model_name=model_name,
-                        optimizer=optimizer.state_dict(), epoch=epoch, step=step, data=data_spec, seed=args.seed,
-                        train_loss=train_loss, test_top1=test["top1"], test_loss=test["loss"])
+                        optimizer=optimizer.state_dict(), epoch=epoch, step=step, data=data_spec,
+                        synthetic_size=list(synthetic_size), seed=args.seed, train_loss=train_loss,
+                        test_top1=test["top1"], test_loss=test["loss"])
     print(f"final test top-1 {test['top1']:.4f}; checkpoints in {out_dir}")
 
 

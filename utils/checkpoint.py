@@ -69,7 +69,8 @@ def load_checkpoint(path, map_location="cpu", expect_kind: str | None = None) ->
         raise UserError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
+            IndexError) as e:  # IndexError: the weights-only unpickler on some non-pickle bytes
         raise UserError(f"cannot read checkpoint {path}: corrupt or not a PyTorch file "
                         f"({str(e).splitlines()[0][:120]})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

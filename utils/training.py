@@ -222,3 +222,20 @@ def check_positive(**values) -> None:
     for name, value in values.items():
         if value is not None and value <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+
+
+def load_any_gpt(ckpt_path: str | None, hf: str | None, device: str = "cpu"):
+    """(model in eval mode on ``device``, description) from a checkpoint of this repo or an HF GPT-2."""
+    if ckpt_path is not None:
+        from utils.checkpoint import load_gpt
+
+        model, ckpt = load_gpt(ckpt_path, device)
+        return model, f"{ckpt.get('model_name')} step {ckpt.get('step', '?')} from {ckpt_path}"
+    from models.gpt2 import GPT
+
+    try:
+        model = GPT.from_pretrained(hf)
+    except Exception as e:  # hub / network / file errors come in many types
+        raise UserError(f"cannot load Hugging Face GPT-2 {hf!r}: {type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:160] if str(e) else ''}") from e
+    return model.to(device).eval(), f"HF {hf}"

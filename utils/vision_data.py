@@ -123,7 +123,8 @@ def _hf_split(ds) -> ImageSplit:
     label_col = next((k for k in ("label", "labels", "fine_label") if k in ds.features), None)
     if image_col is None or label_col is None:
         raise UserError(f"dataset has no image and label columns (columns: {', '.join(ds.features)})")
-    images = [np.asarray(im.convert("RGB"), dtype=np.uint8) for im in tqdm(ds[image_col], desc="decode", leave=False)]
+    images = [np.asarray(im.convert("RGB"), dtype=np.uint8)
+              for im in tqdm(ds[image_col], desc="decode", leave=False)]
     return ImageSplit(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
                       torch.tensor(list(ds[label_col]), dtype=torch.int64))
 
@@ -160,7 +161,8 @@ def load_image_data(spec: str, train_size: int = 2000, test_size: int = 500) -> 
         import datasets
 
         return _hf_data(datasets.load_from_disk(str(path)), path.name)
-    raise UserError(f"{path} is neither a cifar-10-batches-py directory nor a datasets.save_to_disk directory")
+    raise UserError(f"{path} is neither a cifar-10-batches-py directory nor a datasets.save_to_disk "
+                    "directory")
 
 
 # ----- preprocessing, batches, evaluation -----
@@ -169,7 +171,8 @@ def preprocess(images: torch.Tensor, image_size: int) -> torch.Tensor:
     """uint8 (B, C, H, W) -> float (B, C, image_size, image_size) normalized to [-1, 1]."""
     x = images.float() / 255.0
     if x.shape[-2:] != (image_size, image_size):
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
+                          antialias=True)
     return (x - 0.5) / 0.5
 
 
@@ -223,5 +226,6 @@ def load_vit(path, device="cpu"):
         model = build_vit(ckpt["model_name"], **ckpt["config"])
         model.load_state_dict(ckpt["model"])
     except (TypeError, ValueError, RuntimeError, KeyError) as e:
-        raise UserError(f"{path}: weights do not match the stored config ({str(e).splitlines()[0][:120]})") from e
+        raise UserError(f"{path}: weights do not match the stored config "
+                        f"({str(e).splitlines()[0][:120]})") from e
     return model.to(device).eval(), ckpt

@@ -1,0 +1,54 @@
+"""Sample text from a trained GPT checkpoint of this repo (any model, dense or pruned) or an HF GPT-2.
+
+    python experiment/generate.py --ckpt logs/gpt2-smoke/model_00300.pt --prompt "The meaning of life is"
+    python experiment/generate.py --hf gpt2 --num-samples 2 --max-new-tokens 64     # OpenAI weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from utils.cli import UserError, pick_device, run_main
+from utils.seed import seed_everything
+from utils.tokenizer import get_encoding
+from utils.training import check_positive, load_any_gpt, sample_texts
+
+PROG = "generate.py"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt", help="checkpoint model_NNNNN.pt written by train_gpt.py or pruning/wanda.py")
+    src.add_argument("--hf", metavar="NAME_OR_DIR", help="Hugging Face GPT-2: hub name (online) or local directory")
+    ap.add_argument("--prompt", default="Hello, I'm a language model,")
+    ap.add_argument("--num-samples", type=int, default=4)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--top-k", type=int, default=50, help="sample from the k most likely tokens (>= 1)")
+    ap.add_argument("--temperature", type=float, default=1.0, help="> 0; lower is more conservative")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: best available)")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    check_positive(num_samples=args.num_samples, max_new_tokens=args.max_new_tokens, top_k=args.top_k,
+                   temperature=args.temperature)
+    device = pick_device(args.device)
+    seed_everything(args.seed)
+    model, name = load_any_gpt(args.ckpt, args.hf, device)
+    enc = get_encoding()
+    texts = sample_texts(model, enc, args.prompt, args.num_samples, args.max_new_tokens, top_k=args.top_k,
+                         temperature=args.temperature, seed=args.seed, device=device)
+    print(f"# {name}, top-k {args.top_k}, temperature {args.temperature}, seed {args.seed}")
+    for i, text in enumerate(texts):
+        print(f"--- sample {i}\n{text}")
+
+
+if __name__ == "__main__":
+    run_main(main, PROG)
