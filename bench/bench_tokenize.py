@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
+import statistics
 import sys
 from pathlib import Path
 
@@ -60,12 +62,24 @@ def main() -> None:
     enc = get_encoding()
     docs = load_documents(CORPUS, args.megabytes, args.doc_chars)
 
+    cpu: dict[str, list[float]] = {"single": [], "parallel": []}
+
+    def cpu_seconds() -> float:  # this process and its reaped children (the pool workers)
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
     def single():
-        return [enc.encode_ordinary(d) for d in docs]
+        start = cpu_seconds()
+        tokens = [enc.encode_ordinary(d) for d in docs]
+        cpu["single"].append(cpu_seconds() - start)
+        return tokens
 
     def parallel():
+        start = cpu_seconds()
         with document_tokenizer(args.workers) as tokenize:
-            return list(tokenize(docs, chunksize=args.chunksize))
+            tokens = list(tokenize(docs, chunksize=args.chunksize))
+        cpu["parallel"].append(cpu_seconds() - start)
+        return tokens
 
     reference, ours = single(), parallel()
     assert all(np.array_equal(a[1:], b) for a, b in zip(ours, reference)), "parallel tokens differ"
@@ -79,11 +93,12 @@ def main() -> None:
              f"{n_tokens / 1e6:.2f} M tokens (text_corpus prose); median of {args.repeats} interleaved "
              f"repetitions, pool start-up included; {machine_line()}, {os.cpu_count()} CPUs, "
              f"1-min load average up to {load:.1f} during the run.", "",
-             "| path | seconds | tokens/s | speed-up |", "|---|---|---|---|",
+             "| path | seconds | tokens/s | speed-up | CPU seconds, all processes |", "|---|---|---|---|---|",
              f"| single-process encode_ordinary loop | {t['single']:.2f} | "
-             f"{n_tokens / t['single'] / 1e6:.2f} M | 1.00x |",
+             f"{n_tokens / t['single'] / 1e6:.2f} M | 1.00x | {statistics.median(cpu['single']):.2f} |",
              f"| pool of {args.workers} workers (data/fineweb.py path) | {t['parallel']:.2f} | "
-             f"{n_tokens / t['parallel'] / 1e6:.2f} M | {speedup:.2f}x |"]
+             f"{n_tokens / t['parallel'] / 1e6:.2f} M | {speedup:.2f}x | "
+             f"{statistics.median(cpu['parallel']):.2f} |"]
     print("\n".join(lines))
     if not args.no_write:
         write_section("Tokenization", "\n".join(lines))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.cli import UserError, pick_device, run_main
+from utils.cli import pick_device, run_main
 from utils.seed import seed_everything
 from utils.tokenizer import get_encoding
 from utils.training import check_positive, load_any_gpt, sample_texts
@@ -21,10 +21,12 @@ PROG = "generate.py"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="checkpoint model_NNNNN.pt written by train_gpt.py or pruning/wanda.py")
-    src.add_argument("--hf", metavar="NAME_OR_DIR", help="Hugging Face GPT-2: hub name (online) or local directory")
+    src.add_argument("--hf", metavar="NAME_OR_DIR",
+                     help="Hugging Face GPT-2: hub name (online) or local directory")
     ap.add_argument("--prompt", default="Hello, I'm a language model,")
     ap.add_argument("--num-samples", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=32)

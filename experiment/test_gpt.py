@@ -31,16 +31,19 @@ PROG = "test_gpt.py"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="checkpoint written by train_gpt.py or pruning/wanda.py")
-    src.add_argument("--hf", metavar="NAME_OR_DIR", help="Hugging Face GPT-2: hub name (online) or local directory")
+    src.add_argument("--hf", metavar="NAME_OR_DIR",
+                     help="Hugging Face GPT-2: hub name (online) or local directory")
     ap.add_argument("--data", default=None, help="token shard directory (default: see above)")
     ap.add_argument("--split", default="val", choices=("val", "train"))
     ap.add_argument("--batches", type=int, default=20, help="micro-batches for the loss")
     ap.add_argument("--micro-batch", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=None, help="default: the model's block size, at most 1024")
-    ap.add_argument("--hellaswag", default=None, help="HellaSwag jsonl (default: data/hellaswag or ../shared/data)")
+    ap.add_argument("--hellaswag", default=None,
+                    help="HellaSwag jsonl (default: data/hellaswag or ../shared/data)")
     ap.add_argument("--limit", type=int, default=None, help="first N HellaSwag examples only")
     ap.add_argument("--no-hellaswag", action="store_true")
     ap.add_argument("--json", default=None, metavar="OUT", help="also write the results to this JSON file")

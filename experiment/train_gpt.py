@@ -29,14 +29,26 @@ from tqdm import tqdm
 
 from models import MODEL_NAMES, model_config
 from models.gpt2 import GPT
-from utils.checkpoint import load_checkpoint, save_checkpoint, unwrap
+from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.cli import UserError, pick_device, run_main
 from utils.params import count_params
 from utils.seed import get_rng_state, seed_everything, set_rng_state
 from utils.tokenizer import get_encoding
-from utils.training import (PRESETS, REPO, all_reduce_mean, check_positive, checkpoint_path, cosine_lr,
-                            evaluate_loss, read_log, run_checkpoints, sample_texts, summary_table,
-                            truncate_log, truncate_samples)
+from utils.training import (
+    PRESETS,
+    REPO,
+    all_reduce_mean,
+    check_positive,
+    checkpoint_path,
+    cosine_lr,
+    evaluate_loss,
+    read_log,
+    run_checkpoints,
+    sample_texts,
+    summary_table,
+    truncate_log,
+    truncate_samples,
+)
 
 PROG = "train_gpt.py"
 KILL_AFTER_STEP_ENV = "NDGPT2_KILL_AFTER_STEP"  # test hook: SIGKILL ourselves after logging this train step
@@ -60,7 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
                     help="continue a run: from PATH, or (no PATH) the newest valid checkpoint in --out-dir")
     ap.add_argument("--overwrite", action="store_true",
-                    help="start a new run in an --out-dir that already holds one (deletes its log/checkpoints)")
+                    help="start a new run in an --out-dir that already holds one "
+                    "(deletes its log and checkpoints)")
     g = ap.add_argument_group("hyperparameters (default: from --preset)")
     g.add_argument("--max-steps", type=int)
     g.add_argument("--warmup-steps", type=int)
@@ -79,14 +92,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--keep-checkpoints", type=int, default=0,
                    help="keep only the newest K checkpoints (0 = keep all)")
     e = ap.add_argument_group("evaluation")
-    e.add_argument("--hellaswag", default=None, help="HellaSwag jsonl (default: data/hellaswag or ../shared/data)")
-    e.add_argument("--hellaswag-limit", type=int, default=None, help="first N examples only (smoke default 50)")
+    e.add_argument("--hellaswag", default=None,
+                   help="HellaSwag jsonl (default: data/hellaswag or ../shared/data)")
+    e.add_argument("--hellaswag-limit", type=int, default=None,
+                   help="first N examples only (smoke default 50)")
     e.add_argument("--no-hellaswag", action="store_true")
     e.add_argument("--prompt", default="Hello, I'm a language model,")
     r = ap.add_argument_group("runtime")
     r.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: best available)")
     r.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast (default: on with CUDA, off on CPU where it is slower for small models)")
+                   help="bf16 autocast (default: on with CUDA, off on CPU)")
     r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (default: on with CUDA)")
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
@@ -104,7 +119,8 @@ def resolve_args(args: argparse.Namespace, cuda: bool) -> argparse.Namespace:
     if args.data is None and preset["data"] is not None:
         args.data = preset["data"]
     check_positive(max_steps=args.max_steps, eval_every=args.eval_every, micro_batch=args.micro_batch,
-                   seq_len=args.seq_len, total_batch=args.total_batch, lr=args.lr, val_batches=args.val_batches,
+                   seq_len=args.seq_len, total_batch=args.total_batch, lr=args.lr,
+                   val_batches=args.val_batches,
                    n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, threads=args.threads,
                    hellaswag_limit=args.hellaswag_limit)
     for name in ("warmup_steps", "min_lr", "weight_decay", "grad_clip", "keep_checkpoints"):
@@ -116,7 +132,7 @@ def resolve_args(args: argparse.Namespace, cuda: bool) -> argparse.Namespace:
 
 
 def build_config(args):
-    """GPTConfig of the run: the model preset, scaled by the training preset and --n-layer/--n-head/--n-embd."""
+    """GPTConfig of the run: the model preset, scaled by the training preset and --n-layer/-head/-embd."""
     overrides = dict(PRESETS[args.preset]["model"])
     for key in ("n_layer", "n_head", "n_embd"):
         if getattr(args, key) is not None:
@@ -148,7 +164,8 @@ def find_resume_checkpoint(args) -> dict | None:
             except UserError as e:
                 print(f"{PROG}: warning: skipping unreadable checkpoint: {e}", file=sys.stderr)
         if ckpt is None:
-            raise UserError(f"--resume: no valid checkpoint in {args.out_dir} (all {len(candidates)} corrupt)")
+            raise UserError(f"--resume: no valid checkpoint in {args.out_dir} "
+                            f"(all {len(candidates)} corrupt)")
     for key in ("optimizer", "data_state", "step"):
         if key not in ckpt:
             raise UserError(f"{ckpt['_path']} is not a training checkpoint (no {key!r}); "
@@ -255,8 +272,8 @@ def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
         args.data = str(REPO / "data" / "builtin")
     if not Path(args.data).is_dir():
         raise UserError(f"data directory not found: {args.data}")
-    train_loader = ShardLoader(args.data, "train", args.micro_batch, args.seq_len, rank=rank, world_size=world,
-                               seed=args.seed)
+    train_loader = ShardLoader(args.data, "train", args.micro_batch, args.seq_len, rank=rank,
+                               world_size=world, seed=args.seed)
     val_loader = ShardLoader(args.data, "val", args.micro_batch, args.seq_len, rank=rank, world_size=world,
                              seed=args.seed, shuffle=False)
     val_steps = max(1, args.val_batches // world)
@@ -339,8 +356,8 @@ def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
             log(f"{step} hella {result['acc_norm']:.4f}")
             history["hella"].append((step, result["acc_norm"], result["n"]))
         prompt_len = len(enc.encode(args.prompt)) if args.prompt else 1
-        texts = sample_texts(raw_model, enc, args.prompt, 4, max(1, 32 - prompt_len), top_k=50, seed=42 + rank,
-                             device=device, amp=args.amp)
+        texts = sample_texts(raw_model, enc, args.prompt, 4, max(1, 32 - prompt_len), top_k=50,
+                             seed=42 + rank, device=device, amp=args.amp)
         if master:
             with open(samples_file, "a") as f:
                 f.write(f"=== step {step} ===\n")
@@ -387,7 +404,8 @@ def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
         norm = torch.nn.utils.clip_grad_norm_(
             raw_model.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
         if not (math.isfinite(loss_accum.item()) and math.isfinite(norm.item())):
-            raise TrainingDiverged(f"non-finite {'loss' if not math.isfinite(loss_accum.item()) else 'grad norm'} "
+            what = "loss" if not math.isfinite(loss_accum.item()) else "grad norm"
+            raise TrainingDiverged(f"non-finite {what} "
                                    f"at step {step} (loss {loss_accum.item()}, grad norm {norm.item()}); "
                                    f"stopped without saving; lower --lr or resume from an earlier checkpoint")
         lr = cosine_lr(step, args.lr, args.min_lr, args.warmup_steps, args.max_steps)
@@ -410,7 +428,8 @@ def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
     # ---- statistics against GPT-2 / GPT-3
     if master:
         finish(args, out, n_params, history, tokens_this_session / train_time if train_time > 0 else None,
-               train_time=time_before["train"] + train_time, wall_time=time_before["wall"] + time.time() - wall_start)
+               train_time=time_before["train"] + train_time,
+               wall_time=time_before["wall"] + time.time() - wall_start)
 
 
 def finish(args, out: Path, n_params: int, history: dict, tokens_per_sec: float | None, *, train_time: float,
@@ -428,7 +447,7 @@ def finish(args, out: Path, n_params: int, history: dict, tokens_per_sec: float 
         "best_hellaswag": max((v for _, v in hella), default=None),
         "hellaswag_n": history["hella"][-1][2] if history["hella"] else None,
         "tokens_seen": tokens_seen,
-        "tokens_per_sec": tokens_per_sec if tokens_per_sec is not None else tokens_seen / max(train_time, 1e-9),
+        "tokens_per_sec": tokens_seen / max(train_time, 1e-9) if tokens_per_sec is None else tokens_per_sec,
         "train_time_s": train_time, "wall_time_s": wall_time,
     }
     table = summary_table(stats)

@@ -57,15 +57,19 @@ class ViTConfig:
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping p x p patches, each mapped linearly to ``width`` (a strided convolution)."""
+    """Non-overlapping p x p patches, each flattened (channel, row, column) and mapped by one Linear to
+    ``width``: the maths of the usual stride-p convolution, but much faster backward on CPU."""
 
     def __init__(self, config: ViTConfig):
         super().__init__()
-        self.proj = nn.Conv2d(config.in_chans, config.width, kernel_size=config.patch_size,
-                              stride=config.patch_size)
+        self.patch_size = config.patch_size
+        self.proj = nn.Linear(config.in_chans * config.patch_size ** 2, config.width)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.proj(images).flatten(2).transpose(1, 2)  # (B, patches, width), raster order
+        B, C, H, W = images.shape
+        p = self.patch_size
+        patches = images.view(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5).reshape(B, -1, C * p * p)
+        return self.proj(patches)  # (B, patches, width), raster order
 
 
 class Attention(nn.Module):

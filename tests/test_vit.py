@@ -104,9 +104,9 @@ def test_dense_patch_embedding_reads_raster_patches():
     model = build_vit("vit", **TINY)
     images = torch.randn(1, 3, 16, 16)
     got = model.patch_embed(images)
-    conv = model.patch_embed.proj
+    proj = model.patch_embed.proj
     patch = images[0, :, 4:8, 8:12]  # row 1, column 2 of a 4 x 4 grid -> token 6
-    torch.testing.assert_close(got[0, 6], (conv.weight * patch).sum(dim=(1, 2, 3)) + conv.bias)
+    torch.testing.assert_close(got[0, 6], proj.weight @ patch.flatten() + proj.bias)
 
 
 @pytest.mark.parametrize("name", ["vit", "ndvit"])

@@ -95,12 +95,13 @@ def download_hellaswag(out_dir="data/hellaswag", url: str = HELLASWAG_VAL_URL, f
     dest = out_dir / Path(url).name
     if dest.is_file() and not force:
         return dest
-    out_dir.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
-        with urllib.request.urlopen(url, timeout=30) as response, open(tmp, "wb") as f:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            out_dir.mkdir(parents=True, exist_ok=True)  # only once the source answered
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
+            with open(tmp, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc=dest.name,
+                                            disable=not progress) as bar:
                 while chunk := response.read(1 << 20):
                     f.write(chunk)
                     bar.update(len(chunk))

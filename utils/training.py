@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from utils.cli import UserError
 
@@ -90,8 +89,9 @@ def evaluate_loss(model, loader, batches: int, device: str, amp: bool = False, w
 
 
 @torch.no_grad()
-def sample_texts(model, enc, prompt: str, num_samples: int, max_new_tokens: int, *, top_k: int | None = 50,
-                 temperature: float = 1.0, seed: int = 42, device: str = "cpu", amp: bool = False) -> list[str]:
+def sample_texts(model, enc, prompt: str, num_samples: int, max_new_tokens: int, *,
+                 top_k: int | None = 50, temperature: float = 1.0, seed: int = 42, device: str = "cpu",
+                 amp: bool = False) -> list[str]:
     """Decode ``num_samples`` continuations of ``prompt``; a private generator seeded ``seed`` leaves the
     global RNG (and so an exact resume) untouched. ``model`` must be the plain module (not compiled/DDP)."""
     tokens = enc.encode(prompt) if prompt else []
