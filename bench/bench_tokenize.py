@@ -4,7 +4,7 @@
 
 The text is the first few MB of ../shared/data/text_corpus (Gutenberg prose), cut into documents of
 about ``--doc-chars`` characters at paragraph breaks, like web pages. The parallel case is what
-data/fineweb.py runs: a process pool (started inside the timed region) with imap + chunksize,
+data/fineweb.py runs: a thread pool (started inside the timed region) over chunks of documents,
 returning [EOT] + tokens as uint16. Goal: >= 1.7x with 2 workers.
 """
 

@@ -1,6 +1,6 @@
 """Train GPT-2 / NdGPT-2 from scratch (SPEC sections 3-4), resumable bit-for-bit.
 
-    python experiment/train_gpt.py                                 # CPU smoke run (~1-2 min)
+    python experiment/train_gpt.py                                 # CPU smoke run (200 steps, a few min)
     python experiment/train_gpt.py --model ndgpt2 --resume         # continue logs/ndgpt2-smoke
     torchrun --standalone --nproc_per_node=8 experiment/train_gpt.py --preset gpt2-124m --model ndgpt2
 
@@ -54,6 +54,12 @@ PROG = "train_gpt.py"
 KILL_AFTER_STEP_ENV = "NDGPT2_KILL_AFTER_STEP"  # test hook: SIGKILL ourselves after logging this train step
 
 
+# options a resumed run takes from its checkpoint unless given again on the command line
+INHERITED = ("preset", "data", "seed", "max_steps", "warmup_steps", "eval_every", "micro_batch", "seq_len",
+             "total_batch", "lr", "min_lr", "weight_decay", "grad_clip", "val_batches", "n_layer", "n_head",
+             "n_embd", "hellaswag", "hellaswag_limit")
+
+
 class TrainingDiverged(Exception):
     pass
 
@@ -68,7 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--data", default=None, help="token shard directory (smoke: the builtin corpus, prepared "
                     "automatically; gpt2-124m: data/edu_fineweb10B)")
     ap.add_argument("--out-dir", default=None, help="run directory (default logs/<model>-<preset>)")
-    ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--seed", type=int, default=None, help="default 1337 (a resumed run keeps its own)")
     ap.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
                     help="continue a run: from PATH, or (no PATH) the newest valid checkpoint in --out-dir")
     ap.add_argument("--overwrite", action="store_true",
@@ -238,14 +244,20 @@ def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
     args.model = args.model or "gpt2"
     if args.model not in MODEL_NAMES:
         raise UserError(f"unknown model {args.model!r}; choose one of: {', '.join(MODEL_NAMES)}")
+    default_preset = "gpt2-124m" if device_type == "cuda" else "smoke"
+    args.out_dir = args.out_dir or str(REPO / "logs" / f"{args.model}-{args.preset or default_preset}")
+    ckpt = find_resume_checkpoint(args)
+    if ckpt is not None:  # options not given now continue as the run was started
+        for key, value in (ckpt.get("train_args") or {}).items():
+            if key in INHERITED and getattr(args, key, None) is None:
+                setattr(args, key, value)
     args = resolve_args(args, cuda=device_type == "cuda")
+    args.seed = 1337 if args.seed is None else args.seed
     if args.amp is None:
         args.amp = device_type == "cuda"
     if args.compile is None:
         args.compile = device_type == "cuda"
-    args.out_dir = args.out_dir or str(REPO / "logs" / f"{args.model}-{args.preset}")
     config = build_config(args)
-    ckpt = find_resume_checkpoint(args)
     if ckpt is not None:
         if ckpt.get("model_name") != args.model or ckpt.get("config") != config.to_dict():
             raise UserError(f"{ckpt['_path']} is a {ckpt.get('model_name')} checkpoint with another config; "

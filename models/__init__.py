@@ -10,6 +10,7 @@ from dataclasses import fields
 
 from models import ndgpt2
 from models.gpt2 import GPT, GPTConfig
+from models.vit import VIT_NAMES, ViT, ViTConfig, build_vit
 
 # name -> function(n_embd) giving the preset's config fields on top of GPT-2 124M.
 PRESETS = {
@@ -38,4 +39,5 @@ def build_model(name: str, **overrides) -> GPT:
     return GPT(model_config(name, **overrides))
 
 
-__all__ = ["GPT", "GPTConfig", "MODEL_NAMES", "PRESETS", "build_model", "model_config"]
+__all__ = ["GPT", "GPTConfig", "MODEL_NAMES", "PRESETS", "VIT_NAMES", "ViT", "ViTConfig", "build_model",
+           "build_vit", "model_config"]

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -88,7 +89,9 @@ def test_resume_after_sigkill_is_bit_identical(repo_root, corpus, reference_run,
     newest = out / "model_00008.pt"
     newest.write_bytes(newest.read_bytes()[:1000])
     (out / ".model_00012.pt.999.tmp").write_bytes(b"partial")
-    resumed = train(repo_root, out, "--resume", data=corpus)
+    # only --resume: every other option continues as the run was started (data, sizes, schedule, seed)
+    resumed = subprocess.run([sys.executable, SCRIPT, "--out-dir", str(out), "--resume", "--no-hellaswag",
+                              "--threads", "1"], cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "skipping unreadable checkpoint" in resumed.stderr
     assert (out / "log.txt").read_text() == (reference_run / "log.txt").read_text()
@@ -154,37 +157,56 @@ def _error(result) -> str:
 
 
 def test_bad_input_is_one_line_exit_2(repo_root, corpus, reference_run, tmp_path):
+    """Through the CLI: exit code 2 and one line on stderr; the out-dir of another run is left alone."""
     log_before = (reference_run / "log.txt").read_text()
     assert "unknown model" in _error(train(repo_root, tmp_path / "a", "--model", "gpt5", data=corpus))
-    assert "not found" in _error(train(repo_root, tmp_path / "b", data=tmp_path / "missing"))
-    assert "--seq-len" in _error(train(repo_root, tmp_path / "c", "--seq-len", "0", data=corpus))
-    assert "--micro-batch" in _error(train(repo_root, tmp_path / "c", "--micro-batch", "-2", data=corpus))
-    assert "no checkpoint" in _error(train(repo_root, tmp_path / "d", "--resume", data=corpus))
-    missing = str(tmp_path / "x.pt")
-    assert "not found" in _error(train(repo_root, tmp_path / "d", "--resume", missing, data=corpus))
-    corrupt = tmp_path / "corrupt.pt"
-    corrupt.write_bytes(b"\x00" * 100)
-    assert "corrupt" in _error(train(repo_root, tmp_path / "e", "--resume", str(corrupt), data=corpus))
-    foreign = tmp_path / "foreign.pt"
-    torch.save({"state_dict": {}}, foreign)
-    foreign = str(foreign)
-    assert "not a checkpoint" in _error(train(repo_root, tmp_path / "e", "--resume", foreign, data=corpus))
-    vit = tmp_path / "vit.pt"
-    save_checkpoint(vit, torch.nn.Linear(2, 2), kind="vit", model_name="vit-s16")
-    assert "expected a 'gpt'" in _error(train(repo_root, tmp_path / "e", "--resume", str(vit), data=corpus))
     bad_hella = tmp_path / "hella.jsonl"
     bad_hella.write_text('{"ctx": "a", "endings": ["b"], "label": 0}\n')
     assert "hella.jsonl:1" in _error(subprocess.run(
         [sys.executable, SCRIPT, *TINY, "--out-dir", str(tmp_path / "f"), "--data", str(corpus),
          "--hellaswag", str(bad_hella)], cwd=repo_root, capture_output=True, text=True, timeout=120))
-    # a directory holding another model's (or another config's) run: refused, nothing touched
     assert "already holds" in _error(train(repo_root, reference_run, "--model", "ndgpt2", data=corpus))
-    assert "already holds" in _error(train(repo_root, reference_run, "--n-embd", "64", data=corpus))
-    assert "another config" in _error(train(repo_root, reference_run, "--n-embd", "64", "--resume",
-                                            data=corpus))
     assert (reference_run / "log.txt").read_text() == log_before
-    for name in "abcdef":
-        assert not (tmp_path / name / "log.txt").exists()
+    assert not (tmp_path / "a").exists() and not (tmp_path / "f").exists()
+
+
+def _user_error(*argv) -> str:
+    """In-process (one torch import for all cases): main() must raise UserError before any training."""
+    from experiment.train_gpt import main
+    from utils.cli import UserError
+
+    with pytest.raises(UserError) as info:
+        main([*TINY, "--no-hellaswag", *map(str, argv)])
+    return str(info.value)
+
+
+def test_bad_input_in_process(corpus, reference_run, tmp_path):
+    log_before = (reference_run / "log.txt").read_text()
+    ok = ["--data", corpus]
+    assert "not found" in _user_error("--out-dir", tmp_path / "b", "--data", tmp_path / "missing")
+    assert "--seq-len" in _user_error("--out-dir", tmp_path / "c", "--seq-len", "0", *ok)
+    assert "--micro-batch" in _user_error("--out-dir", tmp_path / "c", "--micro-batch", "-2", *ok)
+    assert "--max-steps" in _user_error("--out-dir", tmp_path / "c", "--max-steps", "0", *ok)
+    assert "no checkpoint" in _user_error("--out-dir", tmp_path / "d", "--resume", *ok)
+    assert "not found" in _user_error("--out-dir", tmp_path / "d", "--resume", tmp_path / "x.pt", *ok)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00" * 100)
+    assert "corrupt" in _user_error("--out-dir", tmp_path / "e", "--resume", corrupt, *ok)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    assert "not a checkpoint" in _user_error("--out-dir", tmp_path / "e", "--resume", foreign, *ok)
+    vit = tmp_path / "vit.pt"
+    not_a_gpt = torch.nn.Linear(2, 2)
+    not_a_gpt.config = SimpleNamespace(dim=2)
+    save_checkpoint(vit, not_a_gpt, kind="vit", model_name="vit-s16")
+    assert "expected a 'gpt'" in _user_error("--out-dir", tmp_path / "e", "--resume", vit, *ok)
+    # another config in a used out-dir: refused with and without --resume
+    assert "already holds" in _user_error("--out-dir", reference_run, "--n-embd", "64", *ok)
+    assert "another config" in _user_error("--out-dir", reference_run, "--n-embd", "64", "--resume", *ok)
+    # the same run again without --resume or --overwrite: refused too
+    assert "already holds" in _user_error("--out-dir", reference_run, *ok)
+    assert (reference_run / "log.txt").read_text() == log_before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.pt", "foreign.pt", "vit.pt"]
 
 
 def test_help(repo_root):
