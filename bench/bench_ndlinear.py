@@ -51,7 +51,7 @@ def main() -> None:
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "fp32")
         grad_dtype = torch.float32 if precision == "fp32" else torch.bfloat16
 
-        def step(layer, x, g):
+        def step(layer, x, g, autocast=autocast, grad_dtype=grad_dtype):
             g = g.to(grad_dtype)  # the upstream gradient arrives in the output's dtype
 
             def run():
