@@ -166,17 +166,18 @@ class GPT(nn.Module):
         logits = self.lm_head(self.hidden_states(idx))
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+            loss = cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
 
     def configure_optimizers(self, weight_decay: float, learning_rate: float, betas=(0.9, 0.95),
                              eps: float = 1e-8, device_type: str = "cpu") -> torch.optim.AdamW:
-        """AdamW with weight decay on >= 2-D parameters (matmuls, embeddings) only; fused on CUDA."""
+        """AdamW with weight decay on >= 2-D parameters (matmuls, embeddings) only; fused kernels where
+        torch has them (CUDA, and CPU since torch 2.4)."""
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        fused = device_type in ("cuda", "cpu") and "fused" in inspect.signature(torch.optim.AdamW).parameters
         return torch.optim.AdamW(groups, lr=learning_rate, betas=tuple(betas), eps=eps,
                                  **({"fused": True} if fused else {}))
 
@@ -237,6 +238,47 @@ class GPT(nn.Module):
         if unexpected or [k for k in missing if not k.endswith(("attn.bias", "attn.masked_bias"))]:
             raise RuntimeError(f"HF export mismatch: missing={missing} unexpected={unexpected}")
         hf.save_pretrained(out_dir)
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over (N, V) logits in fp32, ignoring targets of -1.
+
+    On the CPU the fp32 copy of the logits and the log-softmax round trip are memory-bound and take
+    a quarter of a small model's step; the chunked version reads the (bf16) logits once forward and
+    once backward. On GPUs F.cross_entropy (fused further by torch.compile) is already fast.
+    """
+    if logits.device.type != "cpu":
+        return F.cross_entropy(logits.float(), targets, ignore_index=-1)
+    return _ChunkedCrossEntropy.apply(logits, targets)
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, targets):
+        n, vocab = logits.shape
+        rows = max(1, (1 << 20) // vocab)  # ~4 MB of fp32 per chunk: stays in cache
+        valid = targets != -1
+        safe_targets = targets.clamp_min(0)
+        lse = torch.empty(n, dtype=torch.float32, device=logits.device)
+        for start in range(0, n, rows):
+            lse[start:start + rows] = torch.logsumexp(logits[start:start + rows].float(), dim=-1)
+        target_logits = logits.gather(1, safe_targets[:, None]).squeeze(1).float()
+        count = valid.sum()
+        ctx.save_for_backward(logits, safe_targets, valid, lse, count)
+        ctx.rows = rows
+        return ((lse - target_logits) * valid).sum() / count
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, targets, valid, lse, count = ctx.saved_tensors
+        grad_logits = torch.empty_like(logits)
+        scale = (valid.float() * (grad / count))[:, None]
+        for start in range(0, logits.shape[0], ctx.rows):
+            end = start + ctx.rows
+            probs = torch.exp(logits[start:end].float() - lse[start:end, None])  # softmax
+            probs[torch.arange(probs.shape[0], device=probs.device), targets[start:end]] -= 1.0
+            grad_logits[start:end] = probs.mul_(scale[start:end])
+        return grad_logits, None
 
 
 # HF GPT-2 uses Conv1D (weight stored as in x out); ours are nn.Linear (out x in).

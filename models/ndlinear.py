@@ -142,49 +142,60 @@ def _apply_mode(x: torch.Tensor, weight: torch.Tensor, mode: int, dims: list[int
 class _SmallInnermostFactor(torch.autograd.Function):
     """``y = x @ W.T (+ bias)`` for a factor of a few weights (1 -> 2, 2 -> 1, ...).
 
-    Autograd through broadcast multiplies would make ~6 passes over the (large) output; this
-    makes one forward pass and three backward reductions, the memory-traffic minimum.
+    Autograd through broadcast multiplies would make ~6 passes over the (large) output; this writes
+    each output column once (strided ``out=``, faster than a broadcast over a last dim of size 2)
+    and makes three reductions backward. Skinny GEMMs are fast in fp32 but slow for bf16 on CPU,
+    where the backward uses per-column multiply-adds instead.
     x: (M, D), W: (H, D), bias: (R, H) repeating every R rows, or None.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, rows_per_item):
-        ctx.param_dtype = weight.dtype
+        ctx.param_dtype, ctx.has_bias, ctx.rows = weight.dtype, bias is not None, rows_per_item
         weight = weight.to(x.dtype)  # under autocast x may be bf16 while the parameters are fp32
-        bias = None if bias is None else bias.to(x.dtype)
+        bias = x.new_zeros(rows_per_item, weight.shape[0]) if bias is None else bias.to(x.dtype)
         ctx.save_for_backward(x, weight)
-        ctx.has_bias, ctx.rows = bias is not None, rows_per_item
         out_dim, in_dim = weight.shape
         x3 = x.view(-1, rows_per_item, in_dim)
-        if bias is None:
-            bias = x.new_zeros(rows_per_item, out_dim)
-        if x.element_size() < 4 and out_dim > 1:
-            # CPU bf16/fp16 kernels broadcasting over a short last dim are slow; one column at a time is not.
-            cols = []
-            for h in range(out_dim):
-                col = bias[:, h].expand(x3.shape[:2])
-                for k in range(in_dim):
-                    col = torch.addcmul(col, x3[..., k], weight[h, k])
-                cols.append(col)
-            out = torch.stack(cols, dim=-1)
-        else:
-            out = torch.addcmul(bias.view(1, rows_per_item, out_dim), x3[..., 0:1], weight[:, 0])
+        out = x.new_empty(x3.shape[0], rows_per_item, out_dim)
+        for h in range(out_dim):
+            col = out[..., h]
+            torch.addcmul(bias[:, h], x3[..., 0], weight[h, 0], out=col)
             for k in range(1, in_dim):
-                out.addcmul_(x3[..., k : k + 1], weight[:, k])
+                col.addcmul_(x3[..., k], weight[h, k])
         return out.view(-1, out_dim)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         grad = grad.to(x.dtype)
-        out_dim = weight.shape[0]
-        grad_x = grad @ weight if ctx.needs_input_grad[0] else None
-        grad_w = (grad.t() @ x).to(ctx.param_dtype) if ctx.needs_input_grad[1] else None
-        grad_b = None
+        out_dim, in_dim = weight.shape
+        low_precision = x.element_size() < 4
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            if low_precision:
+                grad_x = torch.stack([_column_sum(grad, weight[:, k]) for k in range(in_dim)], dim=1)
+            else:
+                grad_x = grad @ weight
+        if ctx.needs_input_grad[1]:
+            if low_precision:
+                grad_w = torch.stack([torch.stack([(grad[:, h] * x[:, k]).sum() for k in range(in_dim)])
+                                      for h in range(out_dim)])
+            else:
+                grad_w = grad.t() @ x
+            grad_w = grad_w.to(ctx.param_dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.view(-1, ctx.rows * out_dim).sum(0)  # CPU/CUDA sums of bf16 accumulate in fp32
             grad_b = grad_b.view(ctx.rows, out_dim).to(ctx.param_dtype)
         return grad_x, grad_w, grad_b, None
+
+
+def _column_sum(matrix: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+    """``matrix @ coeffs`` for a (M, H) matrix with few columns, as multiply-adds."""
+    out = matrix[:, 0] * coeffs[0]
+    for h in range(1, matrix.shape[1]):
+        out = torch.addcmul(out, matrix[:, h], coeffs[h])
+    return out
 
 
 def _cheapest_order(input_dims: tuple, hidden_size: tuple) -> list[int]:
