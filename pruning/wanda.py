@@ -271,6 +271,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--out", help="write the pruned checkpoint here")
     ap.add_argument("--force", action="store_true", help="overwrite an existing --out")
     ap.add_argument("--json", help="write the report (params, losses, per-layer sparsity, timings) here")
+    ap.add_argument("--before-json", metavar="REPORT",
+                    help="reuse the dense 'before' metrics of an earlier report of the same checkpoint and "
+                         "evaluation settings instead of recomputing them")
     ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     ap.add_argument("--seed", type=int, default=1337, help="seed of the calibration windows")
     return ap.parse_args(argv)
@@ -334,6 +337,22 @@ def evaluate(model, batches, args, device: str) -> dict:
             "seconds": time.perf_counter() - t0}
 
 
+def reused_before(args) -> dict:
+    """The 'before' block of --before-json, if it was measured on the same model and evaluation."""
+    try:
+        earlier = json.loads(Path(args.before_json).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"--before-json {args.before_json}: cannot read it ({e})") from e
+    same = {"source": args.ckpt or f"hf:{args.hf}", "val_batches": args.val_batches,
+            "val_batch_size": args.val_batch_size, "hellaswag_limit": args.limit}
+    differs = [k for k, v in same.items() if earlier.get(k) != v]
+    if args.no_hellaswag != (earlier.get("before", {}).get("hellaswag_acc_norm") is None):
+        differs.append("hellaswag")
+    if differs or "before" not in earlier:
+        raise UserError(f"--before-json {args.before_json} was measured with other settings ({', '.join(differs)})")
+    return earlier["before"]
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     validate(args)
@@ -350,7 +369,7 @@ def main(argv=None) -> None:
         raise UserError(f"the data holds token ids >= the model's vocab_size {model.config.vocab_size}")
     batches = val_batches(data, args.val_batch_size, seq_len, args.val_batches)
 
-    before = evaluate(model, batches, args, device)
+    before = reused_before(args) if args.before_json else evaluate(model, batches, args, device)
     prune = PRUNERS[args.method]
     report = prune(model, calib, sparsity=args.sparsity, nm=args.nm, progress=True,
                    **({"batch_size": args.calib_batch} if args.method == "wanda" else {}))

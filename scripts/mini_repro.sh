@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 SHARED=${NDGPT2_SHARED_DATA:-../shared/data}
 HELLA="$SHARED/hellaswag/hellaswag_val_llamacpp_derived.jsonl"
 OUT=logs/mini
-MODELS=(gpt2 ndgpt2 gpt2-mlp1536)
+read -r -a MODELS <<< "${ONLY:-gpt2 ndgpt2 gpt2-mlp1536}"  # ONLY="gpt2" runs one model
 SIZE=(--n-layer 4 --n-head 4 --n-embd 256 --seq-len 256)
 stage=${1:-all}
 
@@ -31,22 +31,31 @@ fi
 last_ckpt() { ls "$OUT/$1"/model_*.pt | sort | tail -n 1; }
 
 if [[ $stage == eval || $stage == all ]]; then
-  for m in "${MODELS[@]}"; do  # dense models: all 10,042 HellaSwag examples
-    python experiment/test_gpt.py --ckpt "$(last_ckpt "$m")" --data data/prose --batches 40 \
+  for m in "${MODELS[@]}"; do  # dense models: all 10,042 HellaSwag examples (bf16 autocast)
+    [[ -f $OUT/$m/eval_full.json ]] && continue
+    python experiment/test_gpt.py --ckpt "$(last_ckpt "$m")" --data data/prose --batches 40 --amp \
       --hellaswag "$HELLA" --json "$OUT/$m/eval_full.json"
   done
 fi
 
 if [[ $stage == prune || $stage == all ]]; then
+  # Wanda and magnitude at 50% and 2:4; val loss on 20 x 8 x 256 val tokens, HellaSwag on the first
+  # 2,000 examples. The dense ("before") metrics are measured once per model and reused.
   mkdir -p "$OUT/pruning"
   for m in "${MODELS[@]}"; do
+    first=""
     for method in wanda magnitude; do
       for setting in "--sparsity 0.5" "--nm 2:4"; do
         tag=$([[ $setting == --nm* ]] && echo 2of4 || echo 50pct)
-        # shellcheck disable=SC2086
-        python pruning/wanda.py --ckpt "$(last_ckpt "$m")" --data data/prose --method "$method" $setting \
-          --calib-samples 128 --val-batches 40 --hellaswag "$HELLA" --limit 2000 --seed 0 \
-          --json "$OUT/pruning/$m-$method-$tag.json"
+        report="$OUT/pruning/$m-$method-$tag.json"
+        reuse=(); [[ -n $first ]] && reuse=(--before-json "$first")
+        if [[ ! -f $report ]]; then
+          # shellcheck disable=SC2086
+          python pruning/wanda.py --ckpt "$(last_ckpt "$m")" --data data/prose --method "$method" $setting \
+            --calib-samples 128 --val-batches 20 --hellaswag "$HELLA" --limit 2000 --seed 0 \
+            --json "$report" "${reuse[@]}"
+        fi
+        first=${first:-$report}
       done
     done
   done

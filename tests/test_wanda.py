@@ -262,6 +262,22 @@ def test_cli_magnitude_nm_without_output(workspace, capsys):
     assert sorted(p.name for p in tmp.iterdir()) == ["model.pt", "shards"]
 
 
+def test_cli_before_json_reuses_dense_metrics_only_when_settings_match(workspace, capsys):
+    tmp, data, ckpt = workspace
+    first, second = tmp / "first.json", tmp / "second.json"
+    code, _, err = run_in_process(capsys, "--ckpt", ckpt, "--data", data, "--json", first, *FAST)
+    assert code == 0, err
+    code, _, err = run_in_process(capsys, "--ckpt", ckpt, "--data", data, "--method", "magnitude",
+                                  "--json", second, "--before-json", first, *FAST)
+    assert code == 0, err
+    a, b = json.loads(first.read_text()), json.loads(second.read_text())
+    assert b["before"] == a["before"] and b["method"] == "magnitude"
+    other = list(FAST)
+    other[other.index("--val-batches") + 1] = 3  # another evaluation: the old 'before' must not be used
+    code, _, err = run_in_process(capsys, "--ckpt", ckpt, "--data", data, "--before-json", first, *other)
+    assert code == 2 and "other settings (val_batches)" in err
+
+
 # (arguments, expected message, run as a real subprocess too: a few cases cover the process boundary)
 @pytest.mark.parametrize("args,message,subproc", [
     (["--sparsity", "1.0"], "sparsity must be in [0, 1)", False),
