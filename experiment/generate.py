@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils.cli import pick_device, run_main
 from utils.seed import seed_everything
 from utils.tokenizer import get_encoding
-from utils.training import check_positive, load_any_gpt, sample_texts
+from utils.training import add_model_source_args, check_positive, load_any_gpt, sample_texts
 
 PROG = "generate.py"
 
@@ -23,10 +23,7 @@ PROG = "generate.py"
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ckpt", help="checkpoint model_NNNNN.pt written by train_gpt.py or pruning/wanda.py")
-    src.add_argument("--hf", metavar="NAME_OR_DIR",
-                     help="Hugging Face GPT-2: hub name (online) or local directory")
+    add_model_source_args(ap, "checkpoint model_NNNNN.pt written by train_gpt.py or pruning/wanda.py")
     ap.add_argument("--prompt", default="Hello, I'm a language model,")
     ap.add_argument("--num-samples", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=32)

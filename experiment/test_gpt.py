@@ -25,7 +25,7 @@ from utils.checkpoint import load_checkpoint
 from utils.cli import UserError, pick_device, run_main
 from utils.params import count_params
 from utils.seed import seed_everything
-from utils.training import REPO, check_positive, evaluate_loss, load_any_gpt
+from utils.training import REPO, add_model_source_args, check_positive, evaluate_loss, load_any_gpt
 
 PROG = "test_gpt.py"
 
@@ -33,10 +33,7 @@ PROG = "test_gpt.py"
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ckpt", help="checkpoint written by train_gpt.py or pruning/wanda.py")
-    src.add_argument("--hf", metavar="NAME_OR_DIR",
-                     help="Hugging Face GPT-2: hub name (online) or local directory")
+    add_model_source_args(ap)
     ap.add_argument("--data", default=None, help="token shard directory (default: see above)")
     ap.add_argument("--split", default="val", choices=("val", "train"))
     ap.add_argument("--batches", type=int, default=20, help="micro-batches for the loss")

@@ -33,13 +33,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from models import GPT
 from utils.checkpoint import load_gpt, save_checkpoint
 from utils.cli import UserError, pick_device, run_main
 from utils.hellaswag import default_hellaswag_path, evaluate_hellaswag
 from utils.loader import ShardLoader, find_shards, sample_windows
 from utils.params import count_params
 from utils.seed import seed_everything
+from utils.training import add_model_source_args, load_any_gpt
 
 # Below this many inputs a Linear is one of NdLinear's mode-mixing factors (1 -> 2, 2 -> 1): zeroing
 # one of its inputs would delete a whole branch of the layer, not a redundant weight.
@@ -253,9 +253,7 @@ def print_summary(before: dict, after: dict, report: dict) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="wanda.py", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ckpt", help="GPT checkpoint of this repository (dense or already pruned)")
-    src.add_argument("--hf", metavar="NAME_OR_DIR", help="Hugging Face GPT-2 name or local directory")
+    add_model_source_args(ap, "GPT checkpoint of this repository (dense or already pruned)")
     ap.add_argument("--data", required=True, help="token shard directory (*_train_*.npy, *_val_*.npy)")
     ap.add_argument("--method", choices=sorted(PRUNERS), default="wanda")
     ap.add_argument("--sparsity", type=float, default=None, help="unstructured, per row (default 0.5)")
@@ -318,11 +316,8 @@ def load_model(args, device: str):
     if args.ckpt:
         model, ckpt = load_gpt(args.ckpt, device)
         return model, {"step": ckpt.get("step")}, ckpt.get("model_name", "gpt2")
-    try:
-        model = GPT.from_pretrained(args.hf)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load Hugging Face model {args.hf!r}: {str(e).splitlines()[0][:160]}") from e
-    return model.to(device).eval(), {}, "gpt2"
+    model, _ = load_any_gpt(None, args.hf, device)
+    return model, {}, "gpt2"
 
 
 def evaluate(model, batches, args, device: str) -> dict:

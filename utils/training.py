@@ -224,6 +224,13 @@ def check_positive(**values) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be > 0, got {value}")
 
 
+def add_model_source_args(ap, ckpt_help: str = "checkpoint written by train_gpt.py or pruning/wanda.py") -> None:
+    """The --ckpt PATH | --hf NAME_OR_DIR choice of every script that reads a trained GPT."""
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt", help=ckpt_help)
+    src.add_argument("--hf", metavar="NAME_OR_DIR", help="Hugging Face GPT-2: hub name (online) or local directory")
+
+
 def load_any_gpt(ckpt_path: str | None, hf: str | None, device: str = "cpu"):
     """(model in eval mode on ``device``, description) from a checkpoint of this repo or an HF GPT-2."""
     if ckpt_path is not None:
