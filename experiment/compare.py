@@ -10,6 +10,7 @@ Writes loss.png, hellaswag.png, summary.md (and pruning.png with --pruning) into
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -127,6 +128,22 @@ def plot_pruning(reports, path: Path) -> None:
     plt.close(fig)
 
 
+def load_eval(path: Path) -> dict:
+    """A JSON written by experiment/test_gpt.py --json."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read evaluation {path}: {e}") from e
+    missing = [k for k in ("model", "params", "val_loss", "perplexity") if k not in result]
+    if missing:
+        raise UserError(f"{path} is not a test_gpt.py --json result (missing {', '.join(missing)})")
+    return result
+
+
+def _fmt4(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="compare.py",
@@ -138,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--labels", nargs="+", help="one legend label per log (default: file stem)")
     parser.add_argument("--pruning", nargs="+", type=Path, default=[], metavar="REPORT.json",
                         help="pruning reports written by pruning/wanda.py")
+    parser.add_argument("--evals", nargs="+", type=Path, default=[], metavar="EVAL.json",
+                        help="evaluation results written by experiment/test_gpt.py --json (a table)")
     parser.add_argument("--smooth", type=float, default=0.0,
                         help="EMA factor in [0, 1) smoothing the train loss curves (0 = raw, the default; "
                              "0.9-0.99 for long runs)")
@@ -154,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     labels = args.labels or default_labels(args.logs)
     runs = [read_log(path, label) for path, label in zip(args.logs, labels)]
     reports = [load_pruning_report(p) for p in args.pruning]
+    evals = [load_eval(p) for p in args.evals]
 
     for path, run in zip(args.logs, runs):
         counts = ", ".join(f"{len(run.series[k])} {k}" for k in run.series)
@@ -175,6 +195,14 @@ def main(argv: list[str] | None = None) -> None:
         print()
         print(text_table(p_headers, p_rows, n_left=3))
         md += ["## Pruning", "", markdown_table(p_headers, p_rows, n_left=3), ""]
+    if evals:
+        e_headers = ["model", "params", "val loss", "perplexity", "HellaSwag acc", "acc_norm", "examples"]
+        e_rows = [[e["model"].split(" from ")[0], f"{e['params']:,}", f"{e['val_loss']:.4f}",
+                   f"{e['perplexity']:.1f}", _fmt4(e.get("hellaswag_acc")), _fmt4(e.get("hellaswag_acc_norm")),
+                   str(e.get("hellaswag_n") or "-")] for e in evals]
+        print()
+        print(text_table(e_headers, e_rows))
+        md += ["## Evaluation", "", markdown_table(e_headers, e_rows), ""]
     (args.out_dir / "summary.md").write_text("\n".join(md), encoding="utf-8")
     written.append("summary.md")
     print(f"\nwrote {', '.join(written)} to {args.out_dir}")

@@ -223,6 +223,23 @@ def test_compare_writes_figures_and_summary(tmp_path, capsys):
     assert "## Pruning" in summary and "magnitude" in summary and "2:4" in summary
 
 
+def test_compare_tabulates_test_gpt_evaluations(tmp_path, capsys):
+    log = write_log(tmp_path / "a.txt", synthetic_events(n_train=30))
+    result = {"model": "ndgpt2 step 160 from x.pt", "params": 1234567, "val_loss": 6.12345, "perplexity": 456.78,
+              "hellaswag_acc": 0.26, "hellaswag_acc_norm": 0.251234, "hellaswag_n": 10042}
+    (tmp_path / "eval.json").write_text(json.dumps(result))
+    out = tmp_path / "plots"
+    compare.main([str(log), "--out-dir", str(out), "--evals", str(tmp_path / "eval.json")])
+    summary = (out / "summary.md").read_text()
+    row = next(line for line in summary.splitlines() if line.startswith("| ndgpt2 step 160"))
+    assert [c.strip() for c in row.split("|")[2:-1]] == ["1,234,567", "6.1235", "456.8", "0.2600", "0.2512",
+                                                         "10042"]
+    assert "0.2512" in capsys.readouterr().out
+    (tmp_path / "bad.json").write_text(json.dumps({"model": "x"}))
+    with pytest.raises(UserError, match="not a test_gpt.py --json result"):
+        compare.main([str(log), "--out-dir", str(tmp_path / "o2"), "--evals", str(tmp_path / "bad.json")])
+
+
 def test_compare_rejects_bad_options_before_writing(tmp_path):
     good = write_log(tmp_path / "good.txt", synthetic_events(n_train=30))
     bad_json = tmp_path / "bad.json"
