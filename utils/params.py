@@ -5,13 +5,9 @@ from __future__ import annotations
 from torch import nn
 
 
-def _unique_params(model: nn.Module):
-    return model.parameters()  # nn.Module.parameters() already yields a tied weight once
-
-
 def count_params(model: nn.Module) -> dict[str, int]:
     total = trainable = nonzero = 0
-    for p in _unique_params(model):
+    for p in model.parameters():  # yields a tied weight once
         total += p.numel()
         trainable += p.numel() if p.requires_grad else 0
         nonzero += int(p.count_nonzero())
