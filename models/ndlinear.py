@@ -143,8 +143,7 @@ class _SmallInnermostFactor(torch.autograd.Function):
     """``y = x @ W.T (+ bias)`` for a factor of a few weights (1 -> 2, 2 -> 1, ...).
 
     Autograd through broadcast multiplies would make ~6 passes over the (large) output; this writes
-    each output column once (strided ``out=``, faster than a broadcast over a last dim of size 2)
-    and makes three reductions backward. Skinny GEMMs are fast in fp32 but slow for bf16 on CPU,
+    the output once and makes three reductions backward. Skinny GEMMs are fast in fp32 but slow for bf16 on CPU,
     where the backward uses per-column multiply-adds instead.
     x: (M, D), W: (H, D), bias: (R, H) repeating every R rows, or None.
     """
@@ -157,8 +156,13 @@ class _SmallInnermostFactor(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         out_dim, in_dim = weight.shape
         x3 = x.view(-1, rows_per_item, in_dim)
+        if x.element_size() >= 4:  # fp32: one broadcast multiply-add per input column
+            out = torch.addcmul(bias.view(1, rows_per_item, out_dim), x3[..., 0:1], weight[:, 0])
+            for k in range(1, in_dim):
+                out.addcmul_(x3[..., k : k + 1], weight[:, k])
+            return out.view(-1, out_dim)
         out = x.new_empty(x3.shape[0], rows_per_item, out_dim)
-        for h in range(out_dim):
+        for h in range(out_dim):  # bf16/fp16 CPU kernels broadcasting over a short last dim are slow
             col = out[..., h]
             torch.addcmul(bias[:, h], x3[..., 0], weight[h, 0], out=col)
             for k in range(1, in_dim):
