@@ -39,7 +39,7 @@ from utils.hellaswag import default_hellaswag_path, evaluate_hellaswag
 from utils.loader import ShardLoader, find_shards, sample_windows
 from utils.params import count_params
 from utils.seed import seed_everything
-from utils.training import add_model_source_args, load_any_gpt
+from utils.training import add_model_source_args, evaluate_loss, load_any_gpt
 
 # Below this many inputs a Linear is one of NdLinear's mode-mixing factors (1 -> 2, 2 -> 1): zeroing
 # one of its inputs would delete a whole branch of the layer, not a redundant weight.
@@ -207,25 +207,6 @@ def prune_magnitude(model: nn.Module, calib_tokens: torch.Tensor | None = None, 
 PRUNERS = {"wanda": prune_wanda, "magnitude": prune_magnitude}
 
 
-# ----------------------------------------------------------------------------- data and evaluation
-
-def val_batches(data_dir: Path, batch_size: int, seq_len: int, n_batches: int) -> list[tuple]:
-    """The first ``n_batches`` (x, y) batches of the val shards: the same ones before and after."""
-    if n_batches == 0:
-        return []
-    loader = ShardLoader(data_dir, "val", batch_size, seq_len)
-    return [loader.next_batch() for _ in range(n_batches)]
-
-
-@torch.no_grad()
-def val_loss(model: nn.Module, batches: list[tuple], device: str) -> float | None:
-    if not batches:
-        return None
-    model.eval()
-    losses = [model(x.to(device), y.to(device))[1].item() for x, y in batches]
-    return sum(losses) / len(losses)
-
-
 # ----------------------------------------------------------------------------- command line
 
 def _fmt(value, spec: str) -> str:
@@ -320,10 +301,11 @@ def load_model(args, device: str):
     return model, {}, "gpt2"
 
 
-def evaluate(model, batches, args, device: str) -> dict:
+def evaluate(model, val_loader: ShardLoader | None, args, device: str) -> dict:
+    """Params, val loss (the loader restarts each time: the same batches before and after) and HellaSwag."""
     t0 = time.perf_counter()
     counts = count_params(model)
-    loss = val_loss(model, batches, device)
+    loss = evaluate_loss(model, val_loader, args.val_batches, device) if val_loader else None
     acc = None
     if not args.no_hellaswag:
         acc = evaluate_hellaswag(model, args.hellaswag, limit=args.limit, device=device)["acc_norm"]
@@ -362,13 +344,13 @@ def main(argv=None) -> None:
     calib = sample_windows(data, "train", args.calib_samples, seq_len, args.seed)
     if int(calib.max()) >= model.config.vocab_size:
         raise UserError(f"the data holds token ids >= the model's vocab_size {model.config.vocab_size}")
-    batches = val_batches(data, args.val_batch_size, seq_len, args.val_batches)
+    val_loader = ShardLoader(data, "val", args.val_batch_size, seq_len) if args.val_batches else None
 
-    before = reused_before(args) if args.before_json else evaluate(model, batches, args, device)
+    before = reused_before(args) if args.before_json else evaluate(model, val_loader, args, device)
     prune = PRUNERS[args.method]
     report = prune(model, calib, sparsity=args.sparsity, nm=args.nm, progress=True,
                    **({"batch_size": args.calib_batch} if args.method == "wanda" else {}))
-    after = evaluate(model, batches, args, device)
+    after = evaluate(model, val_loader, args, device)
 
     report.update(model_name=model_name, source=args.ckpt or f"hf:{args.hf}", seed=args.seed,
                   calib_samples=args.calib_samples, calib_len=seq_len,
