@@ -76,14 +76,9 @@ def main(argv=None) -> None:
         raise UserError(f"--seq-len {seq_len} exceeds the model's block size {model.config.block_size}")
     hellaswag = None
     if not args.no_hellaswag:  # load (and validate) before the long loss evaluation
-        from utils.hellaswag import default_hellaswag_path, evaluate_hellaswag, load_hellaswag
-        if args.hellaswag is not None:
-            hellaswag = load_hellaswag(args.hellaswag, args.limit)
-        else:
-            try:
-                hellaswag = load_hellaswag(default_hellaswag_path(), args.limit)
-            except UserError as e:
-                print(f"note: HellaSwag skipped ({e})", file=sys.stderr)
+        from utils.hellaswag import evaluate_hellaswag, load_hellaswag_if_found
+        hellaswag = load_hellaswag_if_found(args.hellaswag, args.limit,
+                                            note=lambda msg: print(msg, file=sys.stderr))
 
     from utils.loader import ShardLoader
     data = args.data or default_data(args)

@@ -292,14 +292,8 @@ def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
 
     hellaswag = None
     if not args.no_hellaswag:
-        from utils.hellaswag import default_hellaswag_path, evaluate_hellaswag, load_hellaswag
-        if args.hellaswag is not None:
-            hellaswag = load_hellaswag(args.hellaswag, args.hellaswag_limit)  # bad file: UserError now
-        else:
-            try:
-                hellaswag = load_hellaswag(default_hellaswag_path(), args.hellaswag_limit)
-            except UserError as e:
-                say(f"note: HellaSwag skipped ({e})")
+        from utils.hellaswag import evaluate_hellaswag, load_hellaswag_if_found
+        hellaswag = load_hellaswag_if_found(args.hellaswag, args.hellaswag_limit, note=say)  # bad file: error now
 
     # ---- model, optimizer, state
     seed_everything(args.seed)

@@ -258,3 +258,15 @@ def evaluate_hellaswag(model, path, *, limit: int | None = None, batch_size: int
         torch.distributed.all_reduce(counts)
     correct, correct_norm, n = counts.tolist()
     return {"acc": correct / max(n, 1), "acc_norm": correct_norm / max(n, 1), "n": n}
+
+
+def load_hellaswag_if_found(path=None, limit: int | None = None, note=print) -> list[dict] | None:
+    """The examples of ``path`` (a bad file is a UserError), or of the default copy; with no path and
+    no copy found, ``note`` says why HellaSwag is skipped and None is returned."""
+    if path is not None:
+        return load_hellaswag(path, limit)
+    try:
+        return load_hellaswag(default_hellaswag_path(), limit)
+    except UserError as e:
+        note(f"note: HellaSwag skipped ({e})")
+        return None
