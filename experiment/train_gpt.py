@@ -441,8 +441,9 @@ def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
 def finish(args, out: Path, n_params: int, history: dict, tokens_per_sec: float | None, *, train_time: float,
            wall_time: float) -> None:
     """Print the statistics table against GPT-2 / GPT-3 and write out-dir/summary.json."""
-    val = [(s, v) for s, k, v in read_log(out / "log.txt") if k == "val"]
-    hella = [(s, v) for s, k, v in read_log(out / "log.txt") if k == "hella"]
+    events = read_log(out / "log.txt")
+    val = [(s, v) for s, k, v in events if k == "val"]
+    hella = [(s, v) for s, k, v in events if k == "hella"]
     best_val_step, best_val = min(val, key=lambda sv: sv[1]) if val else (None, None)
     final_step, final_val = val[-1] if val else (None, None)
     tokens_seen = final_step * args.total_batch if final_step is not None else 0

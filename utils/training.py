@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from utils.cli import UserError
+from utils.runlog import parse_line
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,20 +112,12 @@ def sample_texts(model, enc, prompt: str, num_samples: int, max_new_tokens: int,
 
 # ----- run logs: "{step} train {loss:.6f}", "{step} val {loss:.4f}", "{step} hella {acc_norm:.4f}" -----
 
-_LOG_LINE = re.compile(r"^(\d+) (train|val|hella) (\S+)$")
-
-
 def read_log(path: str | os.PathLike) -> list[tuple[int, str, float]]:
     """(step, kind, value) for every well-formed line of a run log (a torn last line is skipped)."""
     path = Path(path)
     if not path.is_file():
         return []
-    rows = []
-    for line in path.read_text().splitlines():
-        m = _LOG_LINE.match(line.strip())
-        if m:
-            rows.append((int(m[1]), m[2], float(m[3])))
-    return rows
+    return [event for event in map(parse_line, path.read_text().splitlines()) if event is not None]
 
 
 def _rewrite(path: Path, text: str) -> None:
@@ -141,8 +134,8 @@ def truncate_log(path: str | os.PathLike, step: int) -> None:
         return
     keep = []
     for line in path.read_text().splitlines():
-        m = _LOG_LINE.match(line.strip())
-        if m and (int(m[1]) < step or (int(m[1]) == step and m[2] != "train")):
+        event = parse_line(line)
+        if event and (event[0] < step or (event[0] == step and event[1] != "train")):
             keep.append(line.strip() + "\n")
     _rewrite(path, "".join(keep))
 
