@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.ndlinear import NdLinear
+from models.ndlinear import NdLinear, branch_mlp, is_branch_pair
 
 
 @dataclass
@@ -98,9 +98,12 @@ class NdMLP(nn.Module):
         self.gelu = nn.GELU(approximate=config.gelu)
         self.c_proj = NdLinear(config.nd_hidden, config.nd_in)
         self.c_proj.residual_init = True
+        self.branched = is_branch_pair(self.c_fc, self.c_proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
+        if self.branched and not (self.c_fc.observed() or self.c_proj.observed()):
+            return branch_mlp(x.view(B * T, C), self.c_fc, self.c_proj, self.gelu.approximate).view(B, T, C)
         h = self.gelu(self.c_fc(x.view(B * T, *self.nd_in)))
         return self.c_proj(h).view(B, T, C)
 

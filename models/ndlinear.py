@@ -57,7 +57,8 @@ class NdLinear(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.input_dims} -> {self.hidden_size}, transform_outer={self.transform_outer}"
 
-    def _observed(self) -> bool:
+    def observed(self) -> bool:
+        """True when a hook sits on a factor: then the layer runs mode by mode through the factors."""
         return any(layer._forward_hooks or layer._forward_pre_hooks for layer in self.align_layers)
 
     def _check_input(self, x: torch.Tensor) -> None:
@@ -68,7 +69,7 @@ class NdLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        if self._observed():
+        if self.observed():
             return self.forward_modewise(x)
         return self._forward_fast(x)
 
@@ -200,6 +201,73 @@ def _column_sum(matrix: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     for h in range(1, matrix.shape[1]):
         out = torch.addcmul(out, matrix[:, h], coeffs[h])
     return out
+
+
+def is_branch_pair(fc: NdLinear, proj: NdLinear) -> bool:
+    """True for ``fc: (D, 1) -> (H, k)`` followed by ``proj: (H, k) -> (D, 1)``, NdGPT-2's MLP shape."""
+    (d, one), (h, k) = (fc.input_dims, fc.hidden_size) if fc.num_modes == 2 else ((0, 0), (0, 0))
+    return (fc.transform_outer and proj.transform_outer and one == 1 and k > 1
+            and proj.input_dims == (h, k) and proj.hidden_size == (d, 1))
+
+
+def branch_mlp(x: torch.Tensor, fc: NdLinear, proj: NdLinear, approximate: str) -> torch.Tensor:
+    """``proj(gelu(fc(x)))`` for x of shape (M, D) and an ``is_branch_pair`` (fc, proj); returns (M, D).
+
+    fc's big factor maps x to y (M, H); its 1 -> k factor (weights w, biases folded into c) makes k
+    affine copies ``w[b] * y + c[b]``; proj's k -> 1 factor (weights v) mixes them back before its
+    big factor. Held as the package lays it out, the hidden tensor (M, H, k) interleaves the k copies
+    in its last dimension, and every element-wise pass over it is strided (slow for bf16 on the CPU).
+    Here the copies are k contiguous (M, H) planes, and the middle runs as one autograd Function.
+    """
+    y = F.linear(x, fc.align_layers[0].weight)
+    z = _BranchGelu.apply(y, fc.align_layers[1].weight.view(-1), fc._bias_tensor().t(),
+                          proj.align_layers[1].weight.view(-1), approximate)
+    return F.linear(z, proj.align_layers[0].weight, proj._bias_tensor().reshape(-1))
+
+
+class _BranchGelu(torch.autograd.Function):
+    """``z = sum_b v[b] * gelu(w[b] * y + c[b])`` for y (M, H), w and v (k,), c (k, H).
+
+    Every pass reads and writes contiguous (M, H) planes; the parameter gradients are reductions,
+    returned in the parameters' dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, y, w, c, v, approximate):
+        ctx.approximate, ctx.param_dtype = approximate, w.dtype
+        w, c, v = w.to(y.dtype), c.to(y.dtype).contiguous(), v.to(y.dtype)  # under autocast y is bf16
+        pre = y.new_empty(len(w), *y.shape)
+        for b in range(len(w)):
+            torch.addcmul(c[b], y, w[b], out=pre[b])
+        act = F.gelu(pre, approximate=approximate)
+        z = act[0] * v[0]
+        for b in range(1, len(w)):
+            z.addcmul_(act[b], v[b])
+        ctx.save_for_backward(y, w, v, pre, act)
+        return z
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, w, v, pre, act = ctx.saved_tensors
+        grad = grad.to(y.dtype).contiguous()
+        # e[b] = gelu'(pre[b]) * grad; the gradient at pre[b] is v[b] * e[b]
+        e = torch.ops.aten.gelu_backward(grad.expand_as(pre), pre, approximate=ctx.approximate)
+        grad_y = grad_w = grad_c = grad_v = None
+        if ctx.needs_input_grad[0]:
+            vw = v * w
+            grad_y = e[0] * vw[0]
+            for b in range(1, len(w)):
+                grad_y.addcmul_(e[b], vw[b])
+        # sums of products through one scratch buffer; CPU and CUDA sums accumulate bf16 in fp32
+        scratch = torch.empty_like(y)
+        if ctx.needs_input_grad[1]:
+            grad_w = v * torch.stack([torch.mul(e[b], y, out=scratch).sum() for b in range(len(w))])
+        if ctx.needs_input_grad[2]:
+            grad_c = e.sum(1) * v.unsqueeze(1)
+        if ctx.needs_input_grad[3]:
+            grad_v = torch.stack([torch.mul(act[b], grad, out=scratch).sum() for b in range(len(w))])
+        grad_w, grad_c, grad_v = (None if g is None else g.to(ctx.param_dtype) for g in (grad_w, grad_c, grad_v))
+        return grad_y, grad_w, grad_c, grad_v, None
 
 
 def _cheapest_order(input_dims: tuple, hidden_size: tuple) -> list[int]:

@@ -168,18 +168,96 @@ def test_ndgpt2_export_is_refused(tmp_path, offline):
 
 # ----- NdGPT-2 block = package NdLinear MLP -----
 
-def test_ndgpt2_mlp_equals_package_layers():
-    torch.manual_seed(0)
-    model = perturb_(build_model("ndgpt2", **TINY)).double()
-    mlp = model.transformer.h[0].mlp
-    C = TINY["n_embd"]
-    fc1 = pypi_ndlinear.NdLinear((C, 1), (2 * C, 2)).double()
-    fc2 = pypi_ndlinear.NdLinear((2 * C, 2), (C, 1)).double()
+def package_mlp(mlp, gelu):
+    """The same MLP built from the package's NdLinear layers (the literal algorithm)."""
+    fc1 = pypi_ndlinear.NdLinear(mlp.c_fc.input_dims, mlp.c_fc.hidden_size).double()
+    fc2 = pypi_ndlinear.NdLinear(mlp.c_proj.input_dims, mlp.c_proj.hidden_size).double()
     fc1.load_state_dict(mlp.c_fc.state_dict())
     fc2.load_state_dict(mlp.c_proj.state_dict())
-    x = torch.randn(3, 5, C, dtype=torch.float64)
-    expected = fc2(F.gelu(fc1(x.view(15, C, 1)), approximate="tanh")).view(3, 5, C)
-    torch.testing.assert_close(mlp(x), expected, atol=1e-10, rtol=0)
+    nd_in = mlp.c_fc.input_dims
+
+    def forward(x):
+        B, T, C = x.shape
+        return fc2(F.gelu(fc1(x.reshape(B * T, *nd_in)), approximate=gelu)).view(B, T, C)
+    return forward, fc1, fc2
+
+
+def mlp_forward_backward(forward, params, x, upstream):
+    x = x.detach().clone().requires_grad_(True)
+    out = forward(x)
+    grads = torch.autograd.grad(out, [x, *params], upstream)
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize("gelu", ["tanh", "none"])
+@pytest.mark.parametrize("name", ["ndgpt2", "ndgpt2-84m", "ndgpt2-82m"])
+def test_ndgpt2_mlp_equals_package_layers_with_gradients(name, gelu):
+    """ndgpt2 / ndgpt2-84m take the branch-major fast path (models.ndlinear.branch_mlp), ndgpt2-82m
+    the generic one: values and every gradient equal the package's layers in float64."""
+    torch.manual_seed(0)
+    model = perturb_(build_model(name, **TINY, gelu=gelu), scale=0.3).double()
+    mlp = model.transformer.h[0].mlp
+    assert mlp.branched == (name != "ndgpt2-82m")
+    reference, fc1, fc2 = package_mlp(mlp, gelu)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 5, TINY["n_embd"], dtype=torch.float64, generator=gen)
+    upstream = torch.randn(3, 5, TINY["n_embd"], dtype=torch.float64, generator=gen)
+    out, grads = mlp_forward_backward(mlp, list(mlp.parameters()), x, upstream)
+    ref_out, ref_grads = mlp_forward_backward(reference, [*fc1.parameters(), *fc2.parameters()], x, upstream)
+    torch.testing.assert_close(out, ref_out, atol=1e-10, rtol=0)
+    names = ["x"] + [n for n, _ in mlp.named_parameters()]
+    for n, g, ref in zip(names, grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, ref, atol=1e-10, rtol=0, msg=f"gradient of {n}")
+
+
+def test_ndgpt2_branch_path_under_bf16_autocast_matches_literal_path():
+    """Same maths in bf16: close to the literal (hooked) path run under the same autocast, with
+    fp32 parameter gradients."""
+    torch.manual_seed(0)
+    mlp = perturb_(build_model("ndgpt2", **TINY), scale=0.3).transformer.h[0].mlp
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 8, TINY["n_embd"], generator=gen)
+    upstream = torch.randn(4, 8, TINY["n_embd"], generator=gen)
+    results = []
+    for observed in (False, True):
+        handle = mlp.c_fc.align_layers[0].register_forward_hook(lambda *a: None) if observed else None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            results.append(mlp_forward_backward(mlp, list(mlp.parameters()), x, upstream))
+        if handle:
+            handle.remove()
+    (fast_out, fast_grads), (literal_out, literal_grads) = results
+    assert fast_out.dtype == torch.bfloat16
+    torch.testing.assert_close(fast_out.float(), literal_out.float(), atol=0.05, rtol=0.05)
+    for (n, p), g, ref in zip(mlp.named_parameters(), fast_grads[1:], literal_grads[1:], strict=True):
+        assert g.dtype == p.dtype == torch.float32, n
+        scale = ref.abs().max().item()
+        assert (g - ref).abs().max().item() <= 0.05 * scale, f"gradient of {n}"
+
+
+def test_hooked_ndgpt2_mlp_runs_each_factor_module():
+    """Wanda hooks the factor Linears: every hook must fire with the factor's literal input."""
+    mlp = build_model("ndgpt2", **TINY).transformer.h[0].mlp
+    seen = []
+    layers = [*mlp.c_fc.align_layers, *mlp.c_proj.align_layers]
+    handles = [layer.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[-1])) for layer in layers]
+    mlp(torch.randn(2, 3, TINY["n_embd"]))
+    for handle in handles:
+        handle.remove()
+    assert sorted(seen) == sorted(layer.in_features for layer in layers)
+
+
+def test_compiled_ndgpt2_equals_eager():
+    """torch.compile (the gpt2-124m preset's default on CUDA) traces the branch-major autograd Function."""
+    torch.manual_seed(0)
+    model = perturb_(build_model("ndgpt2", n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=128))
+    idx = tokens(2, 16, 128)
+    _, loss = model(idx, targets=idx)
+    expected = torch.autograd.grad(loss, list(model.parameters()))
+    _, compiled_loss = torch.compile(model)(idx, targets=idx)
+    grads = torch.autograd.grad(compiled_loss, list(model.parameters()))
+    torch.testing.assert_close(compiled_loss, loss, atol=1e-5, rtol=1e-5)
+    for g, ref in zip(grads, expected, strict=True):
+        torch.testing.assert_close(g, ref, atol=1e-5, rtol=1e-4)
 
 
 # ----- weight tying and optimizer -----
