@@ -17,6 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from utils.malloc import tune_cpu_memory
+
+# as experiment/train_gpt.py does, unless --default-memory; it must happen before torch is imported
+MEMORY = [] if "--default-memory" in sys.argv else tune_cpu_memory()
+
 import torch
 
 from bench.common import interleaved_medians, machine_line, write_section
@@ -61,12 +66,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--default-memory", action="store_true",
+                    help="leave PyTorch's and glibc's memory settings alone (default: utils.malloc.tune_cpu_memory, "
+                         "as train_gpt.py does)")
     ap.add_argument("--no-write", action="store_true", help="print only, do not update bench/RESULTS.md")
     args = ap.parse_args()
     if args.batch < 1 or args.repeats < 1:
         sys.exit("bench_train.py: error: --batch and --repeats must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
+    memory = " + ".join(MEMORY) or "default memory settings"
 
     torch.manual_seed(0)
     T = CONFIG["block_size"]
@@ -93,15 +102,17 @@ def main() -> None:
 
     cases = {name: make_step(name, m) for name, m in models.items()}
     peak = matmul_peak()
-    medians = interleaved_medians(cases, repeats=args.repeats, warmup=1)
+    medians = interleaved_medians(cases, repeats=args.repeats, warmup=1, settle=1)
     peak = max(peak, matmul_peak())  # before and after: the larger is closer to the true peak
     tokens = args.batch * T
     base = medians["GPT-2 (ours)"]
     lines = [f"`python bench/bench_train.py --batch {args.batch} --repeats {args.repeats}"
-             f"{'' if args.amp else ' --no-amp'}` — fwd+bwd+AdamW, "
+             f"{'' if args.amp else ' --no-amp'}{' --default-memory' if args.default_memory else ''}` — "
+             "fwd+bwd+AdamW, "
              f"{'bf16 autocast' if args.amp else 'fp32'}, "
              f"6 layers x 384, 6 heads, T {T}, batch {args.batch}, vocab 50304; median of {args.repeats} "
-             f"interleaved steps; {machine_line()}. bf16 matmul peak measured: {peak / 1e9:.1f} GFLOP/s.", "",
+             f"interleaved steps (each after an untimed one); {memory}; {machine_line()}. "
+             f"bf16 matmul peak measured: {peak / 1e9:.1f} GFLOP/s.", "",
              "| model | params | ms/step | tokens/s | speed vs GPT-2 (ours) | MFU |",
              "|---|---|---|---|---|---|"]
     for name, model in models.items():
@@ -118,7 +129,8 @@ def main() -> None:
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
-        write_section(f"Training step ({'bf16 autocast' if args.amp else 'fp32'})", body)
+        defaults = ", default memory settings" if args.default_memory else ""
+        write_section(f"Training step ({'bf16 autocast' if args.amp else 'fp32'}{defaults})", body)
 
 
 if __name__ == "__main__":

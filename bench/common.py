@@ -13,10 +13,12 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
-def interleaved_medians(cases: dict, repeats: int = 7, warmup: int = 2) -> dict[str, float]:
+def interleaved_medians(cases: dict, repeats: int = 7, warmup: int = 2, settle: int = 0) -> dict[str, float]:
     """Run every case once per round, ``repeats`` rounds, and return the median seconds per case.
 
     Interleaving spreads machine noise (other processes, turbo) evenly over the cases compared.
+    ``settle`` untimed calls precede each timed one, so a case does not pay for the allocator and
+    cache state the case before it left behind.
     """
     for _ in range(warmup):
         for fn in cases.values():
@@ -24,6 +26,8 @@ def interleaved_medians(cases: dict, repeats: int = 7, warmup: int = 2) -> dict[
     times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(repeats):
         for name, fn in cases.items():
+            for _ in range(settle):
+                fn()
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)

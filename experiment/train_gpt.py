@@ -23,6 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from utils.malloc import tune_cpu_memory
+
+tune_cpu_memory()  # before torch allocates anything: huge pages, no page faults per step (utils/malloc.py)
+
 import torch
 import torch.distributed as dist
 from tqdm import tqdm

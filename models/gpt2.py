@@ -247,41 +247,54 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over (N, V) logits in fp32, ignoring targets of -1.
 
     On the CPU the fp32 copy of the logits and the log-softmax round trip are memory-bound and take
-    a quarter of a small model's step; the chunked version reads the (bf16) logits once forward and
-    once backward. On GPUs F.cross_entropy (fused further by torch.compile) is already fast.
+    a quarter of a small model's step. The CPU version works on cache-sized row chunks in fp32 and,
+    when a gradient is wanted, computes it in the same pass (softmax minus one-hot, over the count),
+    so the backward is one scaling pass. On GPUs F.cross_entropy (fused by torch.compile) is fast.
     """
     if logits.device.type != "cpu":
         return F.cross_entropy(logits.float(), targets, ignore_index=-1)
-    return _ChunkedCrossEntropy.apply(logits, targets)
+    if torch.is_grad_enabled() and logits.requires_grad:
+        return _ChunkedCrossEntropy.apply(logits, targets)
+    return _chunked_cross_entropy(logits, targets)[0]
+
+
+def _chunked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, with_grad: bool = False):
+    """(mean loss, d loss / d logits or None); the gradient has the logits' dtype."""
+    n, vocab = logits.shape
+    rows = max(1, (1 << 20) // vocab)  # ~4 MB of fp32 per chunk: stays in cache
+    valid = targets != -1
+    safe_targets = targets.clamp_min(0)
+    count = valid.sum()
+    weight = valid.float() / count.clamp_min(1)  # d loss / d (per-row loss)
+    lse = torch.empty(n, dtype=torch.float32, device=logits.device)
+    grad = torch.empty_like(logits) if with_grad else None
+    for start in range(0, n, rows):
+        end = min(start + rows, n)
+        x = logits[start:end].to(torch.float32, copy=True)  # worked on in place
+        top = x.amax(dim=-1, keepdim=True)
+        total = x.sub_(top).exp_().sum(dim=-1, keepdim=True)  # x now holds exp(logit - max)
+        lse[start:end] = (top + total.log()).squeeze(1)
+        if with_grad:  # softmax - one_hot(target), weighted per row
+            x.mul_(weight[start:end, None] / total)
+            x[torch.arange(end - start, device=x.device), safe_targets[start:end]] -= weight[start:end]
+            grad[start:end] = x
+    target_logits = logits.gather(1, safe_targets[:, None]).squeeze(1).float()
+    return ((lse - target_logits) * valid).sum() / count, grad
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets):
-        n, vocab = logits.shape
-        rows = max(1, (1 << 20) // vocab)  # ~4 MB of fp32 per chunk: stays in cache
-        valid = targets != -1
-        safe_targets = targets.clamp_min(0)
-        lse = torch.empty(n, dtype=torch.float32, device=logits.device)
-        for start in range(0, n, rows):
-            lse[start:start + rows] = torch.logsumexp(logits[start:start + rows].float(), dim=-1)
-        target_logits = logits.gather(1, safe_targets[:, None]).squeeze(1).float()
-        count = valid.sum()
-        ctx.save_for_backward(logits, safe_targets, valid, lse, count)
-        ctx.rows = rows
-        return ((lse - target_logits) * valid).sum() / count
+        loss, grad = _chunked_cross_entropy(logits, targets, with_grad=True)
+        ctx.grad = grad  # not save_for_backward: backward scales it in place and hands it on
+        return loss
 
     @staticmethod
-    def backward(ctx, grad):
-        logits, targets, valid, lse, count = ctx.saved_tensors
-        grad_logits = torch.empty_like(logits)
-        scale = (valid.float() * (grad / count))[:, None]
-        for start in range(0, logits.shape[0], ctx.rows):
-            end = start + ctx.rows
-            probs = torch.exp(logits[start:end].float() - lse[start:end, None])  # softmax
-            probs[torch.arange(probs.shape[0], device=probs.device), targets[start:end]] -= 1.0
-            grad_logits[start:end] = probs.mul_(scale[start:end])
-        return grad_logits, None
+    def backward(ctx, upstream):
+        grad, ctx.grad = ctx.grad, None
+        if grad is None:
+            raise RuntimeError("cross_entropy: backward through the same loss twice is not supported")
+        return (grad if upstream.item() == 1.0 else grad.mul_(upstream)), None
 
 
 # HF GPT-2 uses Conv1D (weight stored as in x out); ours are nn.Linear (out x in).
