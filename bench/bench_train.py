@@ -1,11 +1,16 @@
 """Training-step throughput on the CPU: our GPT-2 vs transformers' GPT2LMHeadModel, and NdGPT-2 vs GPT-2.
 
-    python bench/bench_train.py [--batch 4] [--repeats 5] [--no-amp] [--no-write]
+    python bench/bench_train.py [--batch 4] [--repeats 11] [--no-amp] [--default-malloc] [--no-write]
 
 One step = forward + backward + (fused) AdamW step under bf16 autocast, at 6 layers, width 384, 6 heads,
-T 256, vocab 50304, the same batch for every model; cases interleaved, medians compared.
-Goals: ours / HF >= 1.1x, NdGPT-2 / GPT-2 >= 1.05x. MFU is measured against the bf16 matmul peak
-timed in the same run (a large square bf16 matmul), with 6*N + 12*L*T*C FLOPs per token.
+T 256, vocab 50304, the same batch for every model; cases interleaved (each timed step after an
+untimed one), medians compared. Goals: ours / HF >= 1.1x, NdGPT-2 / GPT-2 >= 1.05x. MFU is measured
+against the bf16 matmul peak timed in the same run (a large square bf16 matmul), with
+6*N + 12*L*T*C FLOPs per token.
+
+By default every model runs with utils.malloc.keep_freed_memory, as experiment/train_gpt.py does on
+the CPU; --default-malloc measures glibc's defaults, under which every step page-faults its large
+buffers back in (HF's fp32 copy of the logits most of all).
 """
 
 from __future__ import annotations
@@ -17,15 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.malloc import tune_cpu_memory
-
-# as experiment/train_gpt.py does, unless --default-memory; it must happen before torch is imported
-MEMORY = [] if "--default-memory" in sys.argv else tune_cpu_memory()
-
 import torch
 
 from bench.common import interleaved_medians, machine_line, write_section
 from models import build_model
+from utils.malloc import keep_freed_memory
 
 CONFIG = dict(n_layer=6, n_embd=384, n_head=6, block_size=256, vocab_size=50304)
 
@@ -63,19 +64,20 @@ def flops_per_token(model) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=4, help="sequences per step")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--default-memory", action="store_true",
-                    help="leave PyTorch's and glibc's memory settings alone (default: utils.malloc.tune_cpu_memory, "
-                         "as train_gpt.py does)")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc malloc as it is (default: utils.malloc.keep_freed_memory, as train_gpt.py "
+                         "does on the CPU)")
     ap.add_argument("--no-write", action="store_true", help="print only, do not update bench/RESULTS.md")
     args = ap.parse_args()
     if args.batch < 1 or args.repeats < 1:
         sys.exit("bench_train.py: error: --batch and --repeats must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    memory = " + ".join(MEMORY) or "default memory settings"
+    malloc = "glibc malloc defaults" if args.default_malloc or not keep_freed_memory() else \
+        "malloc keeps freed memory"
 
     torch.manual_seed(0)
     T = CONFIG["block_size"]
@@ -107,11 +109,11 @@ def main() -> None:
     tokens = args.batch * T
     base = medians["GPT-2 (ours)"]
     lines = [f"`python bench/bench_train.py --batch {args.batch} --repeats {args.repeats}"
-             f"{'' if args.amp else ' --no-amp'}{' --default-memory' if args.default_memory else ''}` — "
+             f"{'' if args.amp else ' --no-amp'}{' --default-malloc' if args.default_malloc else ''}` — "
              "fwd+bwd+AdamW, "
              f"{'bf16 autocast' if args.amp else 'fp32'}, "
              f"6 layers x 384, 6 heads, T {T}, batch {args.batch}, vocab 50304; median of {args.repeats} "
-             f"interleaved steps (each after an untimed one); {memory}; {machine_line()}. "
+             f"interleaved steps (each after an untimed one); {malloc}; {machine_line()}. "
              f"bf16 matmul peak measured: {peak / 1e9:.1f} GFLOP/s.", "",
              "| model | params | ms/step | tokens/s | speed vs GPT-2 (ours) | MFU |",
              "|---|---|---|---|---|---|"]
@@ -129,7 +131,7 @@ def main() -> None:
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
-        defaults = ", default memory settings" if args.default_memory else ""
+        defaults = ", glibc malloc defaults" if args.default_malloc else ""
         write_section(f"Training step ({'bf16 autocast' if args.amp else 'fp32'}{defaults})", body)
 
 

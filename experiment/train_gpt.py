@@ -23,10 +23,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.malloc import tune_cpu_memory
-
-tune_cpu_memory()  # before torch allocates anything: huge pages, no page faults per step (utils/malloc.py)
-
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -35,6 +31,7 @@ from models import MODEL_NAMES, model_config
 from models.gpt2 import GPT
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.cli import UserError, pick_device, run_main
+from utils.malloc import keep_freed_memory
 from utils.params import count_params
 from utils.seed import get_rng_state, seed_everything, set_rng_state
 from utils.tokenizer import get_encoding
@@ -237,6 +234,8 @@ def main(argv=None) -> None:
 def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
     master = rank == 0
     device_type = torch.device(device).type
+    if device_type == "cpu":
+        keep_freed_memory()  # steps stop page-faulting their buffers back in (utils/malloc.py)
 
     def say(msg: str) -> None:
         if master:
