@@ -154,19 +154,24 @@ class GPT(nn.Module):
         """Parameters with the tied head counted once."""
         return sum(p.numel() for p in self.parameters())
 
-    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, idx: torch.Tensor, sparse_embedding_grad: bool = False) -> torch.Tensor:
         """Final-LayerNorm output (B, T, C): what the LM head reads."""
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} exceeds block_size {self.config.block_size}")
         pos = torch.arange(T, device=idx.device)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        tok = F.embedding(idx, self.transformer.wte.weight, sparse=sparse_embedding_grad)
+        x = tok + self.transformer.wpe(pos)
         for block in self.transformer.h:
             x = block(x)
         return self.transformer.ln_f(x)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        logits = self.lm_head(self.hidden_states(idx))
+        # With a loss the tied head gives wte a dense gradient in the same backward, so the lookup's
+        # gradient can be sparse (B*T rows) and is added into it: on the CPU this saves building,
+        # zeroing and adding a dense (vocab, C) matrix every step. The parameter's .grad stays dense.
+        sparse = targets is not None and idx.device.type == "cpu" and not torch.compiler.is_compiling()
+        logits = self.lm_head(self.hidden_states(idx, sparse_embedding_grad=sparse))
         loss = None
         if targets is not None:
             loss = cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))

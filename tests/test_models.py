@@ -393,6 +393,34 @@ def test_forward_rejects_too_long_sequence():
         model(tokens(1, 9, TINY["vocab_size"]))
 
 
+@pytest.mark.parametrize("amp", [False, True])
+def test_tied_embedding_gradient_is_dense_and_exact(amp):
+    """The training forward makes the lookup's gradient sparse (added into the head's dense one):
+    .grad must stay a dense tensor, equal to plain autograd through nn.Embedding, also when
+    accumulated over micro-steps and under bf16 autocast."""
+    torch.manual_seed(0)
+    model = perturb_(build_model("gpt2", **TINY))
+    idx, targets = tokens(2, 16, TINY["vocab_size"]), tokens(2, 16, TINY["vocab_size"], seed=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        _, loss = model(idx, targets=targets)
+    loss.backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        _, loss = model(idx, targets=targets)
+    loss.backward()
+    grad = model.transformer.wte.weight.grad
+    assert grad.layout == torch.strided and not grad.is_sparse
+    model.zero_grad(set_to_none=True)
+    for _ in range(2):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            pos = torch.arange(16)
+            x = model.transformer.wte(idx) + model.transformer.wpe(pos)  # the dense-gradient lookup
+            for block in model.transformer.h:
+                x = block(x)
+            logits = model.lm_head(model.transformer.ln_f(x))
+        F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1)).backward()
+    torch.testing.assert_close(grad, model.transformer.wte.weight.grad, atol=1e-6 if not amp else 1e-3, rtol=1e-3)
+
+
 def test_loss_ignores_minus_one_targets():
     torch.manual_seed(0)
     model = build_model("gpt2", **TINY)
