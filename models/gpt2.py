@@ -271,20 +271,24 @@ def _chunked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, with_gra
     safe_targets = targets.clamp_min(0)
     count = valid.sum()
     weight = valid.float() / count.clamp_min(1)  # d loss / d (per-row loss)
-    lse = torch.empty(n, dtype=torch.float32, device=logits.device)
+    nll = torch.empty(n, dtype=torch.float32, device=logits.device)
     grad = torch.empty_like(logits) if with_grad else None
     for start in range(0, n, rows):
         end = min(start + rows, n)
-        x = logits[start:end].to(torch.float32, copy=True)  # worked on in place
-        top = x.amax(dim=-1, keepdim=True)
-        total = x.sub_(top).exp_().sum(dim=-1, keepdim=True)  # x now holds exp(logit - max)
-        lse[start:end] = (top + total.log()).squeeze(1)
+        chunk, target = logits[start:end], safe_targets[start:end]
+        probs = torch.softmax(chunk, dim=-1, dtype=torch.float32)  # one fused pass, fp32 maths
+        at_target = (torch.arange(end - start, device=probs.device), target)
+        log_p = probs[at_target].log()
+        underflow = torch.isinf(log_p)
+        if underflow.any():  # p(target) below fp32's range (a logit gap > ~87 nats): exact, slower
+            exact = chunk[underflow].float()
+            log_p[underflow] = exact.gather(1, target[underflow, None]).squeeze(1) - exact.logsumexp(dim=-1)
+        nll[start:end] = -log_p
         if with_grad:  # softmax - one_hot(target), weighted per row
-            x.mul_(weight[start:end, None] / total)
-            x[torch.arange(end - start, device=x.device), safe_targets[start:end]] -= weight[start:end]
-            grad[start:end] = x
-    target_logits = logits.gather(1, safe_targets[:, None]).squeeze(1).float()
-    return ((lse - target_logits) * valid).sum() / count, grad
+            probs.mul_(weight[start:end, None])
+            probs[at_target] -= weight[start:end]
+            grad[start:end] = probs
+    return (nll * valid).sum() / count, grad
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):

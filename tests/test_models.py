@@ -460,6 +460,12 @@ def test_cpu_cross_entropy_matches_torch_with_gradients(dtype):
         again.backward()
     with torch.no_grad():
         torch.testing.assert_close(cross_entropy(logits, targets), loss.detach(), atol=0, rtol=0)
+    # a target far below the row's maximum (its fp32 probability underflows to 0): still finite, exact
+    extreme = logits.float().clone()
+    extreme[5, targets[5]] = extreme[5].max() - 300.0
+    torch.testing.assert_close(cross_entropy(extreme.to(dtype), targets),
+                               F.cross_entropy(extreme.to(dtype).float(), targets, ignore_index=-1),
+                               atol=1e-4, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
