@@ -76,8 +76,8 @@ def main() -> None:
         sys.exit("bench_train.py: error: --batch and --repeats must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    malloc = "glibc malloc defaults" if args.default_malloc or not keep_freed_memory() else \
-        "malloc keeps freed memory"
+    kept = not args.default_malloc and keep_freed_memory()
+    malloc = "malloc keeps freed memory" if kept else "glibc malloc defaults"
 
     torch.manual_seed(0)
     T = CONFIG["block_size"]

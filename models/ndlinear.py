@@ -205,9 +205,10 @@ def _column_sum(matrix: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
 
 def is_branch_pair(fc: NdLinear, proj: NdLinear) -> bool:
     """True for ``fc: (D, 1) -> (H, k)`` followed by ``proj: (H, k) -> (D, 1)``, NdGPT-2's MLP shape."""
-    (d, one), (h, k) = (fc.input_dims, fc.hidden_size) if fc.num_modes == 2 else ((0, 0), (0, 0))
-    return (fc.transform_outer and proj.transform_outer and one == 1 and k > 1
-            and proj.input_dims == (h, k) and proj.hidden_size == (d, 1))
+    if fc.num_modes != 2 or not (fc.transform_outer and proj.transform_outer):
+        return False
+    (d, one), (h, k) = fc.input_dims, fc.hidden_size
+    return one == 1 and k > 1 and proj.input_dims == (h, k) and proj.hidden_size == (d, 1)
 
 
 def branch_mlp(x: torch.Tensor, fc: NdLinear, proj: NdLinear, approximate: str) -> torch.Tensor:

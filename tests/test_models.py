@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import GPT, MODEL_NAMES, build_model, model_config
+from models.gpt2 import cross_entropy
 from models.ndlinear import NdLinear
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=512)
@@ -401,22 +402,16 @@ def test_tied_embedding_gradient_is_dense_and_exact(amp):
     torch.manual_seed(0)
     model = perturb_(build_model("gpt2", **TINY))
     idx, targets = tokens(2, 16, TINY["vocab_size"]), tokens(2, 16, TINY["vocab_size"], seed=1)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-        _, loss = model(idx, targets=targets)
-    loss.backward()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-        _, loss = model(idx, targets=targets)
-    loss.backward()
+    for _ in range(2):  # two micro-steps
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            _, loss = model(idx, targets=targets)
+        loss.backward()
     grad = model.transformer.wte.weight.grad
     assert grad.layout == torch.strided and not grad.is_sparse
     model.zero_grad(set_to_none=True)
     for _ in range(2):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            pos = torch.arange(16)
-            x = model.transformer.wte(idx) + model.transformer.wpe(pos)  # the dense-gradient lookup
-            for block in model.transformer.h:
-                x = block(x)
-            logits = model.lm_head(model.transformer.ln_f(x))
+            logits = model.lm_head(model.hidden_states(idx))  # the default lookup: a dense gradient
         F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1)).backward()
     torch.testing.assert_close(grad, model.transformer.wte.weight.grad, atol=1e-6 if not amp else 1e-3, rtol=1e-3)
 
@@ -437,8 +432,6 @@ def test_loss_ignores_minus_one_targets():
 def test_cpu_cross_entropy_matches_torch_with_gradients(dtype):
     """models.gpt2.cross_entropy (row chunks, gradient made in the forward) against F.cross_entropy
     in fp32: 45 rows of a 50304 vocabulary are 3 chunks, the last one partial."""
-    from models.gpt2 import cross_entropy
-
     gen = torch.Generator().manual_seed(0)
     logits = (3 * torch.randn(45, 50304, generator=gen)).to(dtype)
     targets = torch.randint(0, 50304, (45,), generator=gen)
