@@ -10,7 +10,7 @@ their times noisy.
 ``keep_freed_memory`` tells glibc to serve every block from the heap (no mmap) and never trim it, so
 the memory freed by one step is reused by the next without faults (what jemalloc or tcmalloc, the
 usual LD_PRELOAD advice for PyTorch on CPUs, achieve). The price: the process keeps its peak
-memory until it exits. Measured in bench/RESULTS.md: 11-17% faster CPU training steps.
+memory until it exits. Effect on CPU training steps: bench/RESULTS.md (`--default-malloc` compares).
 """
 
 from __future__ import annotations
