@@ -21,14 +21,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from utils.cli import UserError, run_main
-from utils.runlog import (
+from experiment.tables import (
     default_labels,
     ema,
     load_pruning_report,
     markdown_table,
     pruning_rows,
-    read_log,
     report_metric,
     report_name,
     report_sparsity,
@@ -36,6 +34,8 @@ from utils.runlog import (
     summary_rows,
     text_table,
 )
+from utils.cli import UserError, run_main
+from utils.runlog import read_log
 
 GPT2_124M_VAL = 3.2924  # OpenAI GPT-2 124M checkpoint on the FineWeb-EDU val shard
 GPT2_124M_HELLA = 0.294463

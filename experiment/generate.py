@@ -12,10 +12,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.cli import pick_device, run_main
+from utils.checkpoint import load_any_gpt
+from utils.cli import add_model_source_args, check_positive, pick_device, run_main
+from utils.evaluation import sample_texts
 from utils.seed import seed_everything
 from utils.tokenizer import get_encoding
-from utils.training import add_model_source_args, check_positive, load_any_gpt, sample_texts
 
 PROG = "generate.py"
 

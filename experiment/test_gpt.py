@@ -21,11 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from utils.checkpoint import load_checkpoint
-from utils.cli import UserError, pick_device, run_main
+from utils.checkpoint import load_any_gpt, load_checkpoint
+from utils.cli import REPO, UserError, add_model_source_args, check_positive, pick_device, run_main
+from utils.evaluation import evaluate_loss
 from utils.params import count_params
 from utils.seed import seed_everything
-from utils.training import REPO, add_model_source_args, check_positive, evaluate_loss, load_any_gpt
 
 PROG = "test_gpt.py"
 

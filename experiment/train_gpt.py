@@ -30,7 +30,8 @@ from tqdm import tqdm
 from models import MODEL_NAMES, model_config
 from models.gpt2 import GPT
 from utils.checkpoint import load_checkpoint, save_checkpoint
-from utils.cli import UserError, pick_device, run_main
+from utils.cli import UserError, check_positive, pick_device, run_main
+from utils.evaluation import all_reduce_mean, evaluate_loss, sample_texts
 from utils.malloc import keep_freed_memory
 from utils.params import count_params
 from utils.seed import get_rng_state, seed_everything, set_rng_state
@@ -38,14 +39,10 @@ from utils.tokenizer import get_encoding
 from utils.training import (
     PRESETS,
     REPO,
-    all_reduce_mean,
-    check_positive,
     checkpoint_path,
     cosine_lr,
-    evaluate_loss,
     read_log,
     run_checkpoints,
-    sample_texts,
     summary_table,
     truncate_log,
     truncate_samples,

@@ -33,13 +33,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from utils.checkpoint import load_gpt, save_checkpoint
-from utils.cli import UserError, pick_device, run_main
+from utils.checkpoint import load_any_gpt, load_gpt, save_checkpoint
+from utils.cli import UserError, add_model_source_args, pick_device, run_main
+from utils.evaluation import evaluate_loss
 from utils.hellaswag import default_hellaswag_path, evaluate_hellaswag
 from utils.loader import ShardLoader, find_shards, sample_windows
 from utils.params import count_params
 from utils.seed import seed_everything
-from utils.training import add_model_source_args, evaluate_loss, load_any_gpt
 
 # Below this many inputs a Linear is one of NdLinear's mode-mixing factors (1 -> 2, 2 -> 1): zeroing
 # one of its inputs would delete a whole branch of the layer, not a redundant weight.

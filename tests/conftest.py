@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("NDGPT2_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -21,3 +22,24 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
+
+
+TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=64)
+
+
+@pytest.fixture(scope="session")
+def nd_ckpt(tmp_path_factory):
+    from models import build_model
+    from utils.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "model_00000.pt"
+    save_checkpoint(path, build_model("ndgpt2", **TINY), kind="gpt", model_name="ndgpt2", step=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    from utils.shards import prepare_builtin_corpus
+
+    return prepare_builtin_corpus(tmp_path_factory.mktemp("data") / "builtin")

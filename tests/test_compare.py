@@ -16,8 +16,9 @@ import pytest
 
 from experiment import compare
 from experiment.compare import DPI, FIGSIZE
+from experiment.tables import default_labels, ema, pruning_rows, summarize
 from utils.cli import UserError
-from utils.runlog import default_labels, ema, parse_log, pruning_rows, read_log, summarize
+from utils.runlog import parse_log, read_log
 
 SCRIPT = "experiment/compare.py"
 

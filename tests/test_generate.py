@@ -1,9 +1,8 @@
-"""experiment/generate.py and experiment/test_gpt.py on checkpoints of any model (dense, NdGPT-2,
+"""experiment/generate.py on checkpoints of any model (dense, NdGPT-2,
 pruned) and on a local Hugging Face directory; bad input -> one line, exit 2."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -11,25 +10,8 @@ import pytest
 import torch
 
 from models import build_model
-from utils.checkpoint import save_checkpoint
+from tests.conftest import TINY
 from utils.cli import UserError
-
-TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=64)
-
-
-@pytest.fixture(scope="module")
-def nd_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "model_00000.pt"
-    save_checkpoint(path, build_model("ndgpt2", **TINY), kind="gpt", model_name="ndgpt2", step=0)
-    return path
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    from utils.shards import prepare_builtin_corpus
-
-    return prepare_builtin_corpus(tmp_path_factory.mktemp("data") / "builtin")
 
 
 def run_generate(*argv, capsys):
@@ -54,42 +36,7 @@ def test_generate_from_local_hf_dir(tmp_path, capsys):
     assert out.count("--- sample") == 1 and "Hello, I'm a language model," in out
 
 
-def test_test_gpt_counts_pruned_weights(nd_ckpt, corpus, tmp_path):
-    from experiment.test_gpt import main
-    from utils.checkpoint import load_gpt
-
-    model, _ = load_gpt(nd_ckpt)
-    with torch.no_grad():
-        fc = model.transformer.h[0].mlp.c_fc.align_layers[0].weight
-        fc.view(-1)[: fc.numel() // 2] = 0  # "prune" half of the big factor
-    pruned = tmp_path / "pruned.pt"
-    save_checkpoint(pruned, model, kind="gpt", model_name="ndgpt2", pruning={"sparsity": 0.5})
-    results = {}
-    for name, path in (("dense", nd_ckpt), ("pruned", pruned)):
-        out = tmp_path / f"{name}.json"
-        main(["--ckpt", str(path), "--data", str(corpus), "--batches", "2", "--micro-batch", "2",
-              "--seq-len", "32", "--no-hellaswag", "--json", str(out)])
-        results[name] = json.loads(out.read_text())
-    assert results["dense"]["params"] == results["pruned"]["params"]
-    assert results["dense"]["params_nonzero"] - results["pruned"]["params_nonzero"] >= fc.numel() // 2 - 1
-    for r in results.values():
-        assert 5.0 < r["val_loss"] < 15.0
-        assert r["perplexity"] == pytest.approx(2.718281828 ** r["val_loss"], rel=1e-4)
-    assert results["dense"]["val_loss"] != results["pruned"]["val_loss"]
-
-
-def test_test_gpt_hellaswag_subset(nd_ckpt, corpus, shared_data, tmp_path):
-    from experiment.test_gpt import main
-
-    out = tmp_path / "r.json"
-    hellaswag = shared_data / "hellaswag" / "hellaswag_val_llamacpp_derived.jsonl"
-    main(["--ckpt", str(nd_ckpt), "--data", str(corpus), "--batches", "1", "--micro-batch", "1",
-          "--seq-len", "16", "--hellaswag", str(hellaswag), "--limit", "8", "--json", str(out)])
-    r = json.loads(out.read_text())
-    assert r["hellaswag_n"] == 8 and 0.0 <= r["hellaswag_acc"] <= 1.0 and r["hellaswag_acc_norm"] * 8 % 1 == 0
-
-
-@pytest.mark.parametrize("script", ["generate.py", "test_gpt.py"])
+@pytest.mark.parametrize("script", ["generate.py"])
 def test_cli_bad_checkpoint_exit_2(repo_root, tmp_path, script):
     corrupt = tmp_path / "bad.pt"
     corrupt.write_bytes(b"not a checkpoint")
@@ -101,7 +48,7 @@ def test_cli_bad_checkpoint_exit_2(repo_root, tmp_path, script):
 
 
 def test_bad_input_in_process(nd_ckpt, tmp_path):
-    from experiment import generate, test_gpt
+    from experiment import generate
 
     def error(main, *argv) -> str:
         with pytest.raises(UserError) as info:
@@ -117,10 +64,4 @@ def test_bad_input_in_process(nd_ckpt, tmp_path):
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(2)}, foreign)
     assert "not a checkpoint" in error(generate.main, "--ckpt", foreign)
-    assert "not a checkpoint" in error(test_gpt.main, "--ckpt", foreign)
-    assert "--batches" in error(test_gpt.main, "--ckpt", nd_ckpt, "--batches", "-1")
-    assert "--seq-len" in error(test_gpt.main, "--ckpt", nd_ckpt, "--seq-len", "0")
-    assert "block size" in error(test_gpt.main, "--ckpt", nd_ckpt, "--seq-len", "65")
-    assert "does not exist" in error(test_gpt.main, "--ckpt", nd_ckpt, "--data", tmp_path / "nodata",
-                                     "--no-hellaswag")
     assert "cannot load Hugging Face" in error(generate.main, "--hf", tmp_path / "no_such_dir")

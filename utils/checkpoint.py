@@ -101,3 +101,19 @@ def load_gpt(path, device: str = "cpu"):
     ckpt = load_checkpoint(path, expect_kind="gpt")
     model = build_gpt_from_checkpoint(ckpt).to(device).eval()
     return model, ckpt
+
+
+def load_any_gpt(ckpt_path: str | None, hf: str | None, device: str = "cpu"):
+    """(model in eval mode on ``device``, description) from a checkpoint of this repo or an HF GPT-2."""
+    if ckpt_path is not None:
+        model, ckpt = load_gpt(ckpt_path, device)
+        return model, f"{ckpt.get('model_name')} step {ckpt.get('step', '?')} from {ckpt_path}"
+    from models.gpt2 import GPT
+
+    try:
+        model = GPT.from_pretrained(hf)
+    except Exception as e:  # hub / network / file errors come in many types
+        raise UserError(f"cannot load Hugging Face GPT-2 {hf!r}: {type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:160] if str(e) else ''}") from e
+    return model.to(device).eval(), f"HF {hf}"
+

@@ -1,8 +1,14 @@
-"""Conventions shared by every command-line script: repo on sys.path, one-line errors, devices."""
+"""Conventions shared by every command-line script: one-line errors, devices, checked flags and paths."""
 
 from __future__ import annotations
 
+import argparse
+import math
+import os
 import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class UserError(Exception):
@@ -38,3 +44,98 @@ def pick_device(requested: str | None = None) -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+# ----------------------------------------------------------------------------- numeric flags
+
+def _number(kind, text: str, *, low=None, low_open: bool = False):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                         f"got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low}, got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type: any finite float (rejects nan and inf)."""
+    return _number(float, text)
+
+
+def positive_float(text: str) -> float:
+    return _number(float, text, low=0, low_open=True)
+
+
+def nonneg_float(text: str) -> float:
+    return _number(float, text, low=0)
+
+
+def positive_int(text: str) -> int:
+    return _number(int, text, low=1)
+
+
+def nonneg_int(text: str) -> int:
+    return _number(int, text, low=0)
+
+
+def check_positive(**values) -> None:
+    """UserError for the first value that is not > 0 (None means unset and passes)."""
+    for name, value in values.items():
+        if value is not None and not value > 0:
+            raise UserError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+
+
+# ----------------------------------------------------------------------------- paths
+
+def check_output_path(path: str | os.PathLike | None, flag: str, *, force: bool = False,
+                      inputs: tuple = ()) -> None:
+    """Fail now, before any work, if ``path`` cannot be written as a file: an existing directory, a
+    parent that is a file or not writable, an existing file without ``force``, or one of ``inputs``."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a directory; give a file path")
+    for other in inputs:
+        if other is not None and path.resolve() == Path(other).resolve():
+            raise UserError(f"{flag} {path} is also an input; choose another path")
+    if path.exists() and not force:
+        raise UserError(f"{flag} {path} exists; pass --force to overwrite it")
+    check_writable_dir(path.parent, flag, path)
+
+
+def check_writable_dir(directory: str | os.PathLike, flag: str, shown: str | os.PathLike | None = None) -> None:
+    """Fail if ``directory`` (which may not exist yet) cannot be created or written."""
+    directory = Path(directory).absolute()
+    shown = directory if shown is None else shown
+    existing = directory
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag} {shown}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {shown}: {existing} is not writable")
+
+
+# ----------------------------------------------------------------------------- shared argument groups
+
+def add_model_source_args(ap, ckpt_help: str = "checkpoint written by train_gpt.py or pruning/wanda.py") -> None:
+    """The --ckpt PATH | --hf NAME_OR_DIR choice of every script that reads a trained GPT."""
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt", help=ckpt_help)
+    src.add_argument("--hf", metavar="NAME_OR_DIR",
+                     help="Hugging Face model: hub name (online) or a local directory (e.g. from export_hf.py)")
+
+
+def add_runtime_args(ap, seed: int | None = None) -> None:
+    """--device, --amp/--no-amp (see utils.precision) and, when ``seed`` is given, --seed."""
+    ap.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: best available)")
+    ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                    help="bf16 autocast (default: on with CUDA; on the CPU only where it multiplies bf16 "
+                         "at least as fast as fp32, see utils/precision.py)")
+    if seed is not None:
+        ap.add_argument("--seed", type=int, default=seed, help=f"random seed (default {seed})")

@@ -10,10 +10,6 @@ import os
 import re
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-
-from utils.cli import UserError
 from utils.runlog import parse_line
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,51 +59,6 @@ def cosine_lr(step: int, max_lr: float, min_lr: float, warmup_steps: int, max_st
         return min_lr
     ratio = (step - warmup_steps) / max(1, max_steps - warmup_steps)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (max_lr - min_lr)
-
-
-def all_reduce_mean(value: torch.Tensor, world_size: int) -> torch.Tensor:
-    """Mean over processes (SUM / world: gloo has no AVG)."""
-    if world_size > 1:
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
-        value = value / world_size
-    return value
-
-
-@torch.no_grad()
-def evaluate_loss(model, loader, batches: int, device: str, amp: bool = False, world_size: int = 1) -> float:
-    """Mean cross-entropy over ``batches`` micro-batches of ``loader`` (reset first), averaged over ranks."""
-    model.eval()
-    loader.reset()
-    total = torch.zeros((), device=device)
-    for _ in range(batches):
-        x, y = loader.next_batch()
-        x, y = x.to(device), y.to(device)
-        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
-            _, loss = model(x, y)
-        total += loss.detach().float()
-    model.train()
-    return all_reduce_mean(total / batches, world_size).item()
-
-
-@torch.no_grad()
-def sample_texts(model, enc, prompt: str, num_samples: int, max_new_tokens: int, *,
-                 top_k: int | None = 50, temperature: float = 1.0, seed: int = 42, device: str = "cpu",
-                 amp: bool = False) -> list[str]:
-    """Decode ``num_samples`` continuations of ``prompt``; a private generator seeded ``seed`` leaves the
-    global RNG (and so an exact resume) untouched. ``model`` must be the plain module (not compiled/DDP)."""
-    tokens = enc.encode(prompt) if prompt else []
-    if not tokens:
-        tokens = [enc.eot_token]
-    idx = torch.tensor(tokens, dtype=torch.long, device=device).unsqueeze(0).repeat(num_samples, 1)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
-        out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator)
-    model.train(was_training)
-    # an undertrained model may pick the padding ids (50257..vocab_size-1) that have no text: drop them
-    return [enc.decode([t for t in row.tolist() if t < enc.n_vocab]) for row in out]
 
 
 # ----- run logs: "{step} train {loss:.6f}", "{step} val {loss:.4f}", "{step} hella {acc_norm:.4f}" -----
@@ -208,34 +159,3 @@ def summary_table(stats: dict) -> str:
                  f"{stats['tokens_per_sec']:,.0f} tokens/s, wall time {stats['wall_time_s'] / 60:.1f} min, "
                  f"params {stats['params']:,}")
     return "\n".join(lines)
-
-
-def check_positive(**values) -> None:
-    """UserError for the first value that is not > 0."""
-    for name, value in values.items():
-        if value is not None and value <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be > 0, got {value}")
-
-
-def add_model_source_args(ap, ckpt_help: str = "checkpoint written by train_gpt.py or pruning/wanda.py") -> None:
-    """The --ckpt PATH | --hf NAME_OR_DIR choice of every script that reads a trained GPT."""
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ckpt", help=ckpt_help)
-    src.add_argument("--hf", metavar="NAME_OR_DIR", help="Hugging Face GPT-2: hub name (online) or local directory")
-
-
-def load_any_gpt(ckpt_path: str | None, hf: str | None, device: str = "cpu"):
-    """(model in eval mode on ``device``, description) from a checkpoint of this repo or an HF GPT-2."""
-    if ckpt_path is not None:
-        from utils.checkpoint import load_gpt
-
-        model, ckpt = load_gpt(ckpt_path, device)
-        return model, f"{ckpt.get('model_name')} step {ckpt.get('step', '?')} from {ckpt_path}"
-    from models.gpt2 import GPT
-
-    try:
-        model = GPT.from_pretrained(hf)
-    except Exception as e:  # hub / network / file errors come in many types
-        raise UserError(f"cannot load Hugging Face GPT-2 {hf!r}: {type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:160] if str(e) else ''}") from e
-    return model.to(device).eval(), f"HF {hf}"

@@ -1,0 +1,48 @@
+"""Small file helpers every layer uses: one atomic write, one number formatter."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[IO[bytes]], None]) -> None:
+    """Write ``data`` (bytes, text, or a function that writes into a binary file) to a temp file in the
+    same directory, fsync it, then rename it over ``path``: a crash never leaves a torn ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    atomic_write(path, json.dumps(obj, indent=2) + "\n")
+
+
+def remove_stale_tmp(directory: str | os.PathLike) -> list[Path]:
+    """Delete ``.*.tmp`` files that ``atomic_write`` left behind when its process was killed."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def fmt(value, spec: str = "", missing: str = "-") -> str:
+    """``format(value, spec)``, or ``missing`` for None."""
+    return missing if value is None else format(value, spec)

@@ -1,0 +1,62 @@
+"""One precision rule for every entry point: bf16 autocast on CUDA; on the CPU fp32, unless this CPU
+multiplies bf16 at least as fast as fp32 (AMX / AVX-512 BF16). Elsewhere (AVX2 only) PyTorch emulates
+bf16 matmuls, ~50x slower than fp32. ``--amp`` / ``--no-amp`` override the rule in every script."""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _matmul_seconds(dtype: torch.dtype, n: int = 512, reps: int = 5) -> float:
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+@functools.cache
+def cpu_bf16_is_fast() -> bool:
+    """True if a bf16 matmul on this CPU is at least as fast as fp32 (checked once per process).
+    Without bf16 instructions in the CPU flags the probe is skipped (an emulated bf16 matmul is slow)."""
+    flags = _cpu_flags()
+    if flags and not ({"amx_bf16", "avx512_bf16"} & flags):
+        return False
+    return _matmul_seconds(torch.bfloat16) <= _matmul_seconds(torch.float32)
+
+
+def default_amp(device: str | torch.device) -> bool:
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return True
+    if kind == "cpu":
+        return cpu_bf16_is_fast()
+    return False
+
+
+def resolve_amp(device: str | torch.device, amp: bool | None) -> bool:
+    """The flag if given (``--amp`` / ``--no-amp``), else the rule above."""
+    return default_amp(device) if amp is None else bool(amp)
+
+
+def autocast(device: str | torch.device, enabled: bool):
+    """bf16 autocast context for ``device`` (a no-op when not ``enabled``)."""
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)
+
