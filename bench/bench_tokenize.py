@@ -23,8 +23,7 @@ import numpy as np
 
 from bench.common import interleaved_medians, machine_line, write_section
 from utils.cli import UserError, run_main
-from utils.shards import document_tokenizer
-from utils.tokenizer import get_encoding
+from utils.tokenizer import document_tokenizer, get_encoding
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("NDGPT2_SHARED_DATA", REPO.parent / "shared" / "data")) / "text_corpus"

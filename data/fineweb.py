@@ -15,8 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from data.sources import build_fineweb, build_from_files
 from utils.cli import UserError, run_main
-from utils.shards import BUILTIN_SHARD_SIZE, build_builtin, build_fineweb, build_from_files
+from utils.shards import BUILTIN_SHARD_SIZE, build_builtin
 
 
 def parse_args() -> argparse.Namespace:
@@ -37,7 +38,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--prefix", help="shard file prefix (default: edufineweb; builtin with --builtin)")
     parser.add_argument("--shard-size", type=int,
                         help=f"tokens per shard (default: 100000000; {BUILTIN_SHARD_SIZE} with --builtin)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="tokenizer processes")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="tokenizer threads")
     val = parser.add_mutually_exclusive_group()
     val.add_argument("--val-docs", type=int, help="number of whole documents held out for val (--input)")
     val.add_argument("--val-fraction", type=float, default=0.1,

