@@ -4,7 +4,8 @@
 
 Wanda runs every block twice (once dense with the norm hooks, once pruned to feed the next block)
 plus a per-row sort of every weight matrix; the forward pass includes the LM head. Goal: Wanda
-<= 3x the forward, for GPT-2 and NdGPT-2 (whose hooked NdLinear runs its mode-by-mode path).
+<= 3x the forward, for GPT-2 and NdGPT-2 (whose NdLinear runs its literal per-mode path
+while the norms are gathered, models.ndlinear.literal_path).
 """
 
 from __future__ import annotations

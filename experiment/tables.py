@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 from utils.cli import UserError
+from utils.io import fmt
+from utils.report import at_chance, hellaswag_cell, read_report
 from utils.runlog import RunLog
+
+FULL_HELLASWAG = 10_042  # examples in the validation set: what a logged value means when nothing says otherwise
 
 
 def default_labels(paths: list[Path]) -> list[str]:
@@ -25,6 +30,21 @@ def ema(values: list[float], factor: float) -> list[float]:
     return out
 
 
+def run_setting(log_path: Path, key: str):
+    """``key`` from the run.json beside a log (top level or one object down, e.g. train_config), or None."""
+    path = Path(log_path).parent / "run.json"
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(info, dict):
+        return None
+    for d in (info, *(v for v in info.values() if isinstance(v, dict))):
+        if isinstance(d.get(key), int) and not isinstance(d.get(key), bool) and d[key] > 0:
+            return d[key]
+    return None
+
+
 def _argbest(series: dict[int, float], best) -> tuple[int | None, float | None]:
     """Step and value of the best finite entry (earliest step on ties); (None, None) if none."""
     finite = [(s, v) for s, v in sorted(series.items()) if math.isfinite(v)]
@@ -38,12 +58,13 @@ def _last(series: dict[int, float]) -> float | None:
     return series[max(series)] if series else None
 
 
-def summarize(run: RunLog) -> dict:
+def summarize(run: RunLog, hella_n: int = FULL_HELLASWAG) -> dict:
     """Min train / min val (+step) / max HellaSwag (+step), the last step and the last values."""
     _, min_train = _argbest(run.series["train"], min)
     min_val_step, min_val = _argbest(run.series["val"], min)
     max_hella_step, max_hella = _argbest(run.series["hella"], max)
     all_steps = [s for series in run.series.values() for s in series]
+    last_hella = _last(run.series["hella"])
     return {
         "label": run.label,
         "min_train": min_train,
@@ -52,111 +73,84 @@ def summarize(run: RunLog) -> dict:
         "last_step": max(all_steps) if all_steps else None,
         "last_train": _last(run.series["train"]),
         "last_val": _last(run.series["val"]),
-        "last_hella": _last(run.series["hella"]),
+        "last_hella": last_hella,
+        "hella_at_chance": last_hella is not None and at_chance(last_hella, hella_n),
     }
 
 
 SUMMARY_COLUMNS = [  # (header, key, format)
-    ("run", "label", "{}"),
-    ("min train", "min_train", "{:.4f}"),
-    ("min val", "min_val", "{:.4f}"),
-    ("@ step", "min_val_step", "{}"),
-    ("max hella", "max_hella", "{:.4f}"),
-    ("@ step", "max_hella_step", "{}"),
-    ("last step", "last_step", "{}"),
-    ("last train", "last_train", "{:.4f}"),
-    ("last val", "last_val", "{:.4f}"),
-    ("last hella", "last_hella", "{:.4f}"),
+    ("run", "label", ""),
+    ("min train", "min_train", ".4f"),
+    ("min val", "min_val", ".4f"),
+    ("@ step", "min_val_step", ""),
+    ("max hella", "max_hella", ".4f"),
+    ("@ step", "max_hella_step", ""),
+    ("last step", "last_step", ""),
+    ("last train", "last_train", ".4f"),
+    ("last val", "last_val", ".4f"),
+    ("last hella", "last_hella", ".4f"),
 ]
-
-
-def _cell(value, fmt: str) -> str:
-    return "-" if value is None else fmt.format(value)
 
 
 def summary_rows(summaries: list[dict]) -> tuple[list[str], list[list[str]]]:
     headers = [h for h, _, _ in SUMMARY_COLUMNS]
-    rows = [[_cell(s[key], fmt) for _, key, fmt in SUMMARY_COLUMNS] for s in summaries]
+    rows = [[fmt(s[key], spec) for _, key, spec in SUMMARY_COLUMNS] for s in summaries]
+    for s, row in zip(summaries, rows):
+        if s["hella_at_chance"]:
+            row[-1] += " (at chance)"
     return headers, rows
 
 
-# ----------------------------------------------------------------------------- pruning reports
-
-def load_pruning_report(path: str | Path) -> dict:
-    """Read a pruning/wanda.py report; needs ``before`` and ``after`` objects, the rest is optional."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"pruning report not found: {path}")
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: not a readable JSON file ({e})") from e
-    if not isinstance(report, dict) or not all(isinstance(report.get(k), dict) for k in ("before", "after")):
-        raise UserError(f"{path}: not a pruning report (needs 'before' and 'after' objects)")
-    report.setdefault("model_name", path.stem)
-    return report
+def group_by_label(runs: list[RunLog]) -> dict[str, list[RunLog]]:
+    """Runs with the same label are seeds of one model (in the order first seen)."""
+    groups: dict[str, list[RunLog]] = {}
+    for run in runs:
+        groups.setdefault(run.label, []).append(run)
+    return groups
 
 
-def report_name(report: dict) -> str:
-    return str(report.get("label") or report.get("model_name") or "model")
-
-
-def report_sparsity(report: dict) -> str:
-    """``2:4`` for N:M, ``50%`` for unstructured, ``-`` when unknown."""
-    nm = report.get("nm")
-    if isinstance(nm, (list, tuple)) and len(nm) == 2:
-        return f"{nm[0]}:{nm[1]}"
-    s = report.get("sparsity")
-    return f"{100 * s:g}%" if isinstance(s, (int, float)) else "-"
-
-
-# names other versions of pruning/wanda.py use for the same numbers
-METRIC_ALIASES = {"params_nonzero": "nonzero", "params_total": "total", "perplexity": "ppl"}
-
-
-def report_metric(report: dict, stage: str, key: str) -> float | None:
-    """A number from ``report[stage]`` (under its documented name or its alias), else None."""
-    value = report[stage].get(key, report[stage].get(METRIC_ALIASES.get(key, key)))
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-PRUNING_COLUMNS = [  # (header, stage, key, format)
-    ("nonzero before", "before", "params_nonzero", "{:,}"),
-    ("nonzero after", "after", "params_nonzero", "{:,}"),
-    ("val loss before", "before", "val_loss", "{:.4f}"),
-    ("val loss after", "after", "val_loss", "{:.4f}"),
-    ("ppl before", "before", "perplexity", "{:.2f}"),
-    ("ppl after", "after", "perplexity", "{:.2f}"),
-    ("hella before", "before", "hellaswag_acc_norm", "{:.4f}"),
-    ("hella after", "after", "hellaswag_acc_norm", "{:.4f}"),
-]
-
-
-def pruning_rows(reports: list[dict]) -> tuple[list[str], list[list[str]]]:
-    headers = ["model", "method", "sparsity"] + [h for h, _, _, _ in PRUNING_COLUMNS]
+def seed_rows(groups: dict[str, list[RunLog]], tokens_per_step: dict[str, int | None]) -> tuple[list, list]:
+    """Per model: the final val loss (each seed's last) as mean ± std, min and max over seeds."""
+    headers = ["model", "seeds", "final val mean", "± std", "min", "max", "last step", "tokens"]
     rows = []
-    for r in reports:
-        row = [report_name(r), str(r.get("method", "-")), report_sparsity(r)]
-        row += [_cell(report_metric(r, stage, key), fmt) for _, stage, key, fmt in PRUNING_COLUMNS]
-        rows.append(row)
+    for label, runs in groups.items():
+        finals = [r.series["val"][max(r.series["val"])] for r in runs if r.series["val"]]
+        steps = [max(r.series["val"]) for r in runs if r.series["val"]]
+        tokens = tokens_per_step.get(label)
+        rows.append([label, str(len(runs)), fmt(statistics.fmean(finals) if finals else None, ".4f"),
+                     fmt(statistics.stdev(finals) if len(finals) > 1 else None, ".4f"),
+                     fmt(min(finals, default=None), ".4f"), fmt(max(finals, default=None), ".4f"),
+                     "-" if not steps else "-".join(map(str, sorted({min(steps), max(steps)}))),
+                     f"{max(steps) * tokens:,}" if steps and tokens else "-"])
     return headers, rows
 
 
-# ----------------------------------------------------------------------------- tables
+def load_reports(paths: list[Path], kind: str) -> list[dict]:
+    """Reports of ``kind`` from files, and from directories (every *.json of that kind in them, e.g. a sweep)."""
+    reports = []
+    for path in paths:
+        if Path(path).is_dir():
+            found = [read_report(p) for p in sorted(Path(path).glob("*.json"))]
+            found = [r for r in found if r["kind"] == kind]
+            if not found:
+                raise UserError(f"{path}: no {kind} reports in this directory")
+            reports += found
+        else:
+            reports.append(read_report(path, kind))
+    return reports
 
-def text_table(headers: list[str], rows: list[list[str]], n_left: int = 1) -> str:
-    """Aligned plain-text table: the first ``n_left`` (text) columns left-aligned, numbers right-aligned."""
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
 
-    def fmt(cells):
-        padded = (c.ljust(w) if i < n_left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-        return "  ".join(padded)
-
-    return "\n".join([fmt(headers), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows])
+EVAL_HEADERS = ["model", "params", "nonzero", "val loss", "perplexity", "val tokens", "HellaSwag (seed)",
+                "HellaSwag (lm-eval)", "examples"]
 
 
-def markdown_table(headers: list[str], rows: list[list[str]], n_left: int = 1) -> str:
-    align = ["---"] * n_left + ["---:"] * (len(headers) - n_left)
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
-    return "\n".join(lines)
+def eval_rows(evals: list[dict]) -> list[list[str]]:
+    rows = []
+    for e in evals:
+        m = e["metrics"]
+        n = {h["n"] for h in m["hellaswag"].values()}
+        name = f"{e['model']} step {e['step']}" if e.get("step") is not None else e["model"]
+        rows.append([name, f"{m['params_total']:,}", f"{m['params_nonzero']:,}", fmt(m["val_loss"], ".4f"),
+                     fmt(m["perplexity"], ".1f"), f"{m['val_tokens']:,}", hellaswag_cell(m, "seed"),
+                     hellaswag_cell(m, "lm-eval"), "/".join(map(str, sorted(n))) or "-"])
+    return rows

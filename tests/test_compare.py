@@ -1,9 +1,12 @@
-"""experiment/compare.py and utils/runlog.py: log parsing, summaries, figures, pruning tables, CLI errors."""
+"""experiment/compare.py and utils/runlog.py: log parsing, summaries over seeds, figures, and tables built
+from reports that the real scripts (test_gpt.py, wanda.py, sweep.py) wrote."""
 
 from __future__ import annotations
 
 import json
+import math
 import random
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -13,42 +16,101 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.image as mpimg
 import pytest
+from matplotlib.axes import Axes
 
 from experiment import compare
-from experiment.compare import DPI, FIGSIZE
-from experiment.tables import default_labels, ema, pruning_rows, summarize
+from experiment.figures import DPI, FIGSIZE
+from experiment.tables import default_labels, ema, summarize
 from utils.cli import UserError
+from utils.report import read_report
 from utils.runlog import parse_log, read_log
 
 SCRIPT = "experiment/compare.py"
 
 
-def synthetic_events(seed=0, n_train=300, every=25):
+def synthetic_events(seed=0, n_train=300, every=25, hella=(0.22, 0.31)):
     """A plausible run as (step, kind, value) tuples, values chosen at random."""
     rng = random.Random(seed)
     events = []
     for step in range(n_train):
         if step % every == 0 or step == n_train - 1:
             events.append((step, "val", round(rng.uniform(3.0, 9.0), 4)))
-            events.append((step, "hella", round(rng.uniform(0.22, 0.31), 4)))
+            events.append((step, "hella", round(rng.uniform(*hella), 4)))
         events.append((step, "train", round(rng.uniform(2.5, 11.0), 6)))
     return events
 
 
 def write_log(path: Path, events) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{s} {k} {v}\n" for s, k, v in events))
     return path
 
 
-def write_report(path: Path, **overrides) -> Path:
-    def stage(nonzero, val_loss, hella):
-        return {"params_total": 1000, "params_nonzero": nonzero, "val_loss": val_loss,
-                "perplexity": 2.718281828 ** val_loss, "hellaswag_acc_norm": hella, "hellaswag_n": 100}
-    report = {"model_name": "gpt2", "method": "wanda", "sparsity": 0.5, "nm": None,
-              "before": stage(1000, 3.2, 0.29), "after": stage(520, 3.9, 0.27), "layers": []}
-    report.update(overrides)
-    path.write_text(json.dumps(report))
-    return path
+# ----------------------------------------------------------------------------- reports of the real scripts
+
+@pytest.fixture(scope="session")
+def real_reports(nd_ckpt, corpus, shared_data, tmp_path_factory):
+    """test_gpt.py, wanda.py (fresh and reusing test_gpt.py's numbers) and a 2-sparsity sweep, run on
+    one tiny checkpoint with the same evaluation settings."""
+    from experiment.test_gpt import main as test_gpt
+    from pruning.sweep import main as sweep
+    from pruning.wanda import main as wanda
+
+    out = tmp_path_factory.mktemp("reports")
+    hellaswag = shared_data / "hellaswag" / "hellaswag_val_llamacpp_derived.jsonl"
+    common = ["--ckpt", nd_ckpt, "--data", corpus, "--hellaswag", hellaswag, "--limit", 4,
+              "--hellaswag-convention", "seed", "--device", "cpu"]  # default precision: the one rule for both
+    pruning = ["--calib-samples", 4, "--calib-len", 32, "--val-batches", 2, "--val-batch-size", 2]
+    paths = {name: out / f"{name}.json" for name in ("eval", "wanda", "magnitude")}
+    test_gpt([str(a) for a in [*common, "--batches", 2, "--micro-batch", 2, "--seq-len", 32,
+                               "--json", paths["eval"]]])
+    wanda([str(a) for a in [*common, *pruning, "--json", paths["wanda"]]])
+    wanda([str(a) for a in [*common, *pruning, "--method", "magnitude-layer", "--nm", "2:4",
+                            "--before-json", paths["eval"], "--json", paths["magnitude"]]])
+    paths["sweep"] = out / "sweep"
+    sweep([str(a) for a in [*common[:4], *pruning, "--device", "cpu", "--methods", "wanda",
+                            "magnitude-layer", "--sparsities", 0.3, 0.6, "--nm", "--out-dir", paths["sweep"]]])
+    return paths
+
+
+def test_pruning_before_equals_test_gpt_for_the_same_checkpoint_and_settings(real_reports):
+    evaluation, pruned = read_report(real_reports["eval"], "eval"), read_report(real_reports["wanda"], "pruning")
+    assert pruned["settings"]["eval"] == evaluation["settings"]["eval"]
+    assert pruned["timings"]["eval_before_s"] > 0  # measured by wanda.py itself, not reused
+    assert pruned["before"] == evaluation["metrics"]
+    assert evaluation["metrics"]["hellaswag"]["seed"]["n"] == 4 and evaluation["metrics"]["val_tokens"] == 128
+    reused = read_report(real_reports["magnitude"], "pruning")
+    assert reused["before"] == evaluation["metrics"] and reused["timings"]["eval_before_s"] == 0
+    assert reused["pruning"]["mask_groups"].startswith("N:M") and reused["settings"]["method"] == "magnitude-layer"
+
+
+def test_compare_tables_and_sweep_figure_from_real_reports(real_reports, tmp_path, capsys):
+    log = write_log(tmp_path / "run" / "log.txt", synthetic_events(n_train=30))
+    out = tmp_path / "plots"
+    compare.main([str(log), "--out-dir", str(out), "--pruning", str(real_reports["wanda"]),
+                  str(real_reports["magnitude"]), str(real_reports["sweep"]), "--evals", str(real_reports["eval"])])
+    stdout = capsys.readouterr().out
+    image = mpimg.imread(out / "sparsity.png")
+    assert image.shape[0] == round(FIGSIZE[1] * DPI) and image.std() > 0.05
+    summary = (out / "summary.md").read_text()
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in summary.splitlines()
+            if line.startswith("| ndgpt2 ")]
+    pruning_rows = [r for r in rows if len(r) == 10]
+    assert len(pruning_rows) == 2 + 4  # wanda.py x 2 + sweep (2 methods x 2 sparsities)
+    reports = [read_report(real_reports[k]) for k in ("wanda", "magnitude")]
+    reports += [read_report(p) for p in sorted(real_reports["sweep"].glob("*-*.json"))]
+    for report, row in zip(reports, pruning_rows):
+        before, after = report["before"]["val_loss"], report["after"]["val_loss"]
+        assert row[1] == report["settings"]["method"]
+        assert row[4:7] == [f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}"]
+        assert row[8] == f"{math.exp(after) / math.exp(before):.3f}"
+    evaluation = read_report(real_reports["eval"])["metrics"]
+    eval_row = next(r for r in rows if len(r) == 9)
+    assert eval_row[:4] == ["ndgpt2 step 0", f"{evaluation['params_total']:,}", f"{evaluation['params_nonzero']:,}",
+                            f"{evaluation['val_loss']:.4f}"]
+    assert eval_row[6].startswith(f"{evaluation['hellaswag']['seed']['acc_norm']:.4f}")
+    assert "(at chance)" in eval_row[6] and eval_row[7] == "-"  # 4 examples: nothing is above chance
+    assert "Δ val loss" in stdout
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -160,100 +222,115 @@ def test_seed_logs_parse_and_agree_with_a_plain_reading(shared_data):
     assert min(nd96.series["train"]) == 3087  # the resumed run starts at step 3087
 
 
-# ----------------------------------------------------------------------------- pruning reports
+# ----------------------------------------------------------------------------- figures
 
-def test_pruning_rows_tolerate_missing_optional_keys(tmp_path):
-    full = json.loads(write_report(tmp_path / "a.json").read_text())
-    partial = json.loads(write_report(tmp_path / "b.json", label="Nd 2:4", nm=[2, 4], method="magnitude",
-                                      after={"params_nonzero": 600, "val_loss": 4.5}).read_text())
-    headers, rows = pruning_rows([full, partial])
-    assert len(rows) == 2 and all(len(r) == len(headers) for r in rows)
-    col = {h: i for i, h in enumerate(headers)}
-    assert rows[0][col["model"]] == "gpt2" and rows[1][col["model"]] == "Nd 2:4"
-    assert rows[0][col["sparsity"]] == "50%" and rows[1][col["sparsity"]] == "2:4"
-    assert rows[0][col["nonzero after"]] == "520" and rows[1][col["nonzero after"]] == "600"
-    assert float(rows[0][col["val loss after"]]) == pytest.approx(3.9)
-    assert rows[1][col["hella after"]] == "-" and rows[1][col["ppl after"]] == "-"
+def plotted_points(monkeypatch) -> list[tuple[list, list]]:
+    """Every (x, y) that compare's figures hand to Axes.plot."""
+    points = []
+    original = Axes.plot
 
-
-def test_pruning_rows_accept_short_metric_names():
-    report = {"model_name": "m", "method": "wanda", "sparsity": 0.25,
-              "before": {"nonzero": 1000, "total": 1000, "val_loss": 3.0, "ppl": 20.0},
-              "after": {"nonzero": 760, "total": 1000, "val_loss": 3.5, "ppl": 33.0}}
-    headers, [row] = pruning_rows([report])
-    col = {h: i for i, h in enumerate(headers)}
-    assert row[col["sparsity"]] == "25%"
-    assert (row[col["nonzero before"]], row[col["nonzero after"]]) == ("1,000", "760")
-    assert (row[col["ppl before"]], row[col["ppl after"]]) == ("20.00", "33.00")
+    def spy(self, *args, **kwargs):
+        if len(args) >= 2:
+            points.append((list(args[0]) if hasattr(args[0], "__iter__") else [args[0]],
+                           list(args[1]) if hasattr(args[1], "__iter__") else [args[1]]))
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(Axes, "plot", spy)
+    return points
 
 
-# ----------------------------------------------------------------------------- CLI
+def test_invalid_log_values_are_counted_and_never_drawn(tmp_path, capsys, monkeypatch):
+    events = synthetic_events(n_train=40, hella=(0.3, 0.35))
+    bad = ["5 val -3", "6 hella 1.7", "7 val nan", "8 train inf", "100000000000000000000 val 3.0",
+           "9 hella -0.1"]
+    log = tmp_path / "bad.txt"
+    log.write_text("".join(f"{s} {k} {v}\n" for s, k, v in events) + "\n".join(bad) + "\n")
+    points = plotted_points(monkeypatch)
+    compare.main([str(log), "--out-dir", str(tmp_path / "plots")])
+    assert f"{len(bad)} malformed lines skipped" in capsys.readouterr().out
+    xs = [x for px, _ in points for x in px]
+    ys = [y for _, py in points for y in py]
+    assert ys and all(math.isfinite(y) for y in ys) and -3 not in ys and 1.7 not in ys and -0.1 not in ys
+    assert max(xs) < 1e9
 
-def test_compare_writes_figures_and_summary(tmp_path, capsys):
-    events_a, events_b = synthetic_events(seed=2), synthetic_events(seed=3, n_train=200)
-    log_a = write_log(tmp_path / "a.txt", events_a + [(7, "oops", 1.0)])
-    log_b = write_log(tmp_path / "b.txt", events_b)
-    reports = [write_report(tmp_path / "r1.json"),
-               write_report(tmp_path / "r2.json", method="magnitude", nm=[2, 4],
-                            after={"params_nonzero": 500, "val_loss": 5.0, "hellaswag_acc_norm": None})]
+
+def test_seeds_are_averaged_with_a_band_in_tokens(tmp_path, capsys, monkeypatch):
+    runs = {}
+    for model in ("dense", "nd"):
+        for seed in range(3):
+            events = synthetic_events(seed=10 * seed + len(model), n_train=50, every=10, hella=(0.2, 0.26))
+            path = write_log(tmp_path / f"{model}-s{seed}" / "log.txt", events)
+            (path.parent / "run.json").write_text(json.dumps({"train_config": {"total_batch": 4096,
+                                                                               "hellaswag_limit": 200}}))
+            runs.setdefault(model, []).append((path, {s: v for s, k, v in events if k == "val"}))
+    points = plotted_points(monkeypatch)
+    fills, original_fill = [], Axes.fill_between
+
+    def fill_spy(self, x, low, high, **kwargs):
+        fills.append((list(x), list(low), list(high)))
+        return original_fill(self, x, low, high, **kwargs)
+    monkeypatch.setattr(Axes, "fill_between", fill_spy)
+    paths = [p for model in runs.values() for p, _ in model]
     out = tmp_path / "plots"
-    # in-process (the figures are the point here); the CLI wrapper is exercised by the error test
-    compare.main([str(log_a), str(log_b), "--out-dir", str(out), "--labels", "dense", "nd",
-                  "--smooth", "0.9", "--pruning", *map(str, reports)])
+    compare.main([*map(str, paths), "--labels", *["dense"] * 3, *["nd"] * 3, "--out-dir", str(out)])
     stdout = capsys.readouterr().out
-
-    height, width = round(FIGSIZE[1] * DPI), round(FIGSIZE[0] * DPI)
-    for name in ("loss.png", "hellaswag.png", "pruning.png"):
-        png = out / name
-        assert png.stat().st_size > 20_000, name  # a real figure, not an empty canvas
-        image = mpimg.imread(png)
-        assert image.shape[0] == height, name
-        assert image.shape[1] == width if name != "pruning.png" else image.shape[1] >= width
-        assert image.std() > 0.05, name  # not a blank image
-
-    assert "1 malformed" in stdout  # the 'oops' line of a.txt
-    summary = (out / "summary.md").read_text()
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-            for line in summary.splitlines() if line.startswith("| dense") or line.startswith("| nd")}
-    for label, events in (("dense", events_a), ("nd", events_b)):
-        min_val, min_step = min((v, s) for s, k, v in events if k == "val")
-        assert rows[label][0] == f"{min(v for _, k, v in events if k == 'train'):.4f}"
-        assert rows[label][1] == f"{min_val:.4f}" and rows[label][2] == str(min_step)
-        assert rows[label][5] == str(events[-1][0])
-        assert f"{min_val:.4f}" in stdout  # the printed table carries the same numbers
-    assert "## Pruning" in summary and "magnitude" in summary and "2:4" in summary
+    assert not (out / "hellaswag.png").exists() and "every run ends at chance" in stdout
+    assert (out / "val_tokens.png").stat().st_size > 20_000
+    for model, seeds in runs.items():
+        steps = sorted(seeds[0][1])
+        mean = [statistics.fmean(vals[s] for _, vals in seeds) for s in steps]
+        assert ([4096 * s for s in steps], pytest.approx(mean)) in points
+        assert ([4096 * s for s in steps], [min(v[s] for _, v in seeds) for s in steps],
+                [max(v[s] for _, v in seeds) for s in steps]) in fills
+        finals = [vals[max(vals)] for _, vals in seeds]
+        row = next(line for line in (out / "summary.md").read_text().splitlines()
+                   if line.startswith(f"| {model} | 3 |"))
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        assert cells[2:6] == [f"{statistics.fmean(finals):.4f}", f"{statistics.stdev(finals):.4f}",
+                              f"{min(finals):.4f}", f"{max(finals):.4f}"]
+        assert cells[7] == f"{49 * 4096:,}"
 
 
-def test_compare_tabulates_test_gpt_evaluations(tmp_path, capsys):
-    log = write_log(tmp_path / "a.txt", synthetic_events(n_train=30))
-    result = {"model": "ndgpt2 step 160 from x.pt", "params": 1234567, "val_loss": 6.12345, "perplexity": 456.78,
-              "hellaswag_acc": 0.26, "hellaswag_acc_norm": 0.251234, "hellaswag_n": 10042}
-    (tmp_path / "eval.json").write_text(json.dumps(result))
+def test_compare_draws_original_style_figures(tmp_path, capsys):
+    log_a = write_log(tmp_path / "a.txt", synthetic_events(seed=2) + [(7, "oops", 1.0)])
+    log_b = write_log(tmp_path / "b.txt", synthetic_events(seed=3, n_train=200, hella=(0.3, 0.34)))
     out = tmp_path / "plots"
-    compare.main([str(log), "--out-dir", str(out), "--evals", str(tmp_path / "eval.json")])
+    compare.main([str(log_a), str(log_b), "--out-dir", str(out), "--labels", "dense", "nd", "--smooth", "0.9",
+                  "--tokens-per-step", "524288"])
+    stdout = capsys.readouterr().out
+    for name in ("loss.png", "val_tokens.png", "hellaswag.png"):  # b ends above chance: hellaswag.png is drawn
+        image = mpimg.imread(out / name)
+        assert image.shape[:2] == (round(FIGSIZE[1] * DPI), round(FIGSIZE[0] * DPI)), name
+        assert (out / name).stat().st_size > 20_000 and image.std() > 0.05, name
+    assert "1 malformed" in stdout
     summary = (out / "summary.md").read_text()
-    row = next(line for line in summary.splitlines() if line.startswith("| ndgpt2 step 160"))
-    assert [c.strip() for c in row.split("|")[2:-1]] == ["1,234,567", "6.1235", "456.8", "0.2600", "0.2512",
-                                                         "10042"]
-    assert "0.2512" in capsys.readouterr().out
-    (tmp_path / "bad.json").write_text(json.dumps({"model": "x"}))
-    with pytest.raises(UserError, match="not a test_gpt.py --json result"):
-        compare.main([str(log), "--out-dir", str(tmp_path / "o2"), "--evals", str(tmp_path / "bad.json")])
+    for label, events in (("dense", synthetic_events(seed=2)), ("nd", synthetic_events(seed=3, n_train=200))):
+        row = next(line for line in summary.splitlines() if line.startswith(f"| {label} |"))
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        min_val, min_step = min((v, s) for s, k, v in events if k == "val")
+        assert cells[1] == f"{min(v for _, k, v in events if k == 'train'):.4f}"
+        assert cells[2:4] == [f"{min_val:.4f}", str(min_step)] and cells[6] == str(events[-1][0])
 
 
-def test_compare_rejects_bad_options_before_writing(tmp_path):
+def test_compare_rejects_bad_reports_before_writing(tmp_path, real_reports):
     good = write_log(tmp_path / "good.txt", synthetic_events(n_train=30))
-    bad_json = tmp_path / "bad.json"
-    bad_json.write_text("{not json")
     out = tmp_path / "out"
-    with pytest.raises(UserError, match="not a readable JSON"):
-        compare.main([str(good), "--out-dir", str(out), "--pruning", str(bad_json)])
-    not_a_report = tmp_path / "list.json"
-    not_a_report.write_text("[1, 2]")
-    with pytest.raises(UserError, match="not a pruning report"):
-        compare.main([str(good), "--out-dir", str(out), "--pruning", str(not_a_report)])
+    bad = {"{not json": "not a readable JSON", "[1, 2]": "not a report of",
+           json.dumps({"before": {"nonzero": 1, "ppl": 2.0}, "after": {}}): "written by an older"}
+    for i, (text, message) in enumerate(bad.items()):
+        (tmp_path / f"bad{i}.json").write_text(text)
+        with pytest.raises(UserError, match=message):
+            compare.main([str(good), "--out-dir", str(out), "--pruning", str(tmp_path / f"bad{i}.json")])
+    broken = json.loads(real_reports["wanda"].read_text())
+    broken["after"]["val_loss"] = -3.0
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    with pytest.raises(UserError, match=r"\[after\]: val_loss must be a finite number"):
+        compare.main([str(good), "--out-dir", str(out), "--pruning", str(tmp_path / "broken.json")])
+    with pytest.raises(UserError, match="a 'eval' report, expected a 'pruning' report"):
+        compare.main([str(good), "--out-dir", str(out), "--pruning", str(real_reports["eval"])])
     with pytest.raises(UserError, match="--smooth"):
         compare.main([str(good), "--out-dir", str(out), "--smooth", "1.5"])
+    with pytest.raises(UserError, match="--tokens-per-step has 2 entries but 1 logs"):
+        compare.main([str(good), "--out-dir", str(out), "--tokens-per-step", "1", "2"])
     assert not out.exists()
 
 
@@ -261,11 +338,14 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, repo_root):
     good = write_log(tmp_path / "good.txt", synthetic_events(n_train=30))
     empty = tmp_path / "empty.txt"
     empty.write_text("")
+    (tmp_path / "a_file").write_text("x")
     out = tmp_path / "out"
     cases = {
         "no train/val/hella events": [empty, "--out-dir", out],
         "not found": [tmp_path / "nope.txt", "--out-dir", out],
         "--labels has 1 entries but 2 logs": [good, good, "--labels", "one", "--out-dir", out],
+        "exists and is not a directory": [good, "--out-dir", tmp_path / "a_file"],
+        "is a file, not a directory": [good, "--out-dir", tmp_path / "a_file" / "plots"],
     }
     # started together: each one pays the interpreter and import start-up
     procs = {msg: subprocess.Popen([sys.executable, SCRIPT, *map(str, args)], cwd=repo_root, text=True,

@@ -1,22 +1,40 @@
-"""experiment/test_gpt.py on checkpoints of any model (dense, NdGPT-2, pruned); bad input -> one line, exit 2."""
+"""experiment/test_gpt.py and utils/report.py: the report schema, pruned weights, HellaSwag in both
+conventions against independent computations, the CPU subset default, bad input -> one line, exit 2."""
 
 from __future__ import annotations
 
-import json
+import argparse
+import math
+import os
 import subprocess
 import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from utils.checkpoint import save_checkpoint
-from utils.cli import UserError
+from models import build_model
+from utils.checkpoint import load_gpt, save_checkpoint
+from utils.cli import run_main
+from utils.hellaswag import HELLASWAG_CONVENTIONS, evaluate_hellaswag, load_hellaswag
+from utils.report import CONVENTIONS, CPU_HELLASWAG_LIMIT, hellaswag_limit, load_hellaswag_examples, read_report
+from utils.tokenizer import get_encoding
 
 
-def test_test_gpt_counts_pruned_weights(nd_ckpt, corpus, tmp_path):
+def run_test_gpt(capsys, *args) -> tuple[int, str, str]:
     from experiment.test_gpt import main
-    from utils.checkpoint import load_gpt
 
+    capsys.readouterr()
+    try:
+        run_main(lambda: main([str(a) for a in args]), "test_gpt.py")
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_test_gpt_counts_pruned_weights(nd_ckpt, corpus, tmp_path, capsys):
     model, _ = load_gpt(nd_ckpt)
     with torch.no_grad():
         fc = model.transformer.h[0].mlp.c_fc.align_layers[0].weight
@@ -26,26 +44,74 @@ def test_test_gpt_counts_pruned_weights(nd_ckpt, corpus, tmp_path):
     results = {}
     for name, path in (("dense", nd_ckpt), ("pruned", pruned)):
         out = tmp_path / f"{name}.json"
-        main(["--ckpt", str(path), "--data", str(corpus), "--batches", "2", "--micro-batch", "2",
-              "--seq-len", "32", "--no-hellaswag", "--json", str(out)])
-        results[name] = json.loads(out.read_text())
-    assert results["dense"]["params"] == results["pruned"]["params"]
+        code, _, err = run_test_gpt(capsys, "--ckpt", path, "--data", corpus, "--batches", 2, "--micro-batch", 2,
+                                    "--seq-len", 32, "--no-hellaswag", "--json", out)
+        assert code == 0, err
+        results[name] = read_report(out, "eval")["metrics"]
+    assert results["dense"]["params_total"] == results["pruned"]["params_total"]
     assert results["dense"]["params_nonzero"] - results["pruned"]["params_nonzero"] >= fc.numel() // 2 - 1
     for r in results.values():
-        assert 5.0 < r["val_loss"] < 15.0
-        assert r["perplexity"] == pytest.approx(2.718281828 ** r["val_loss"], rel=1e-4)
+        assert 5.0 < r["val_loss"] < 15.0 and r["val_tokens"] == 2 * 2 * 32 and r["hellaswag"] == {}
+        assert r["perplexity"] == pytest.approx(math.exp(r["val_loss"]), rel=1e-6)
     assert results["dense"]["val_loss"] != results["pruned"]["val_loss"]
 
 
-def test_test_gpt_hellaswag_subset(nd_ckpt, corpus, shared_data, tmp_path):
-    from experiment.test_gpt import main
+@torch.no_grad()
+def seed_convention_by_hand(model, examples) -> tuple[int, int]:
+    """(correct by summed loss, correct by mean loss per token): one ending per forward, full logits."""
+    enc = get_encoding()
+    correct = correct_norm = 0
+    for ex in examples:
+        ctx = enc.encode_ordinary(ex["ctx"])
+        sums, means = [], []
+        for ending in ex["endings"]:
+            idx = torch.tensor([ctx + enc.encode_ordinary(" " + ending)])
+            logits = model(idx)[0][0, :-1].float()
+            nll = F.cross_entropy(logits, idx[0, 1:], reduction="none")[len(ctx) - 1:]
+            sums.append(nll.sum().item())
+            means.append(nll.mean().item())
+        correct += min(range(4), key=sums.__getitem__) == ex["label"]
+        correct_norm += min(range(4), key=means.__getitem__) == ex["label"]
+    return correct, correct_norm
 
-    out = tmp_path / "r.json"
+
+def test_test_gpt_hellaswag_both_conventions_match_independent_counts(corpus, shared_data, tmp_path, capsys):
+    torch.manual_seed(1)  # a block that holds every row: no truncation in the reference
+    ckpt = tmp_path / "wide.pt"
+    save_checkpoint(ckpt, build_model("gpt2", n_layer=1, n_head=2, n_embd=32, block_size=256), kind="gpt",
+                    model_name="gpt2", step=3)
     hellaswag = shared_data / "hellaswag" / "hellaswag_val_llamacpp_derived.jsonl"
-    main(["--ckpt", str(nd_ckpt), "--data", str(corpus), "--batches", "1", "--micro-batch", "1",
-          "--seq-len", "16", "--hellaswag", str(hellaswag), "--limit", "8", "--json", str(out)])
-    r = json.loads(out.read_text())
-    assert r["hellaswag_n"] == 8 and 0.0 <= r["hellaswag_acc"] <= 1.0 and r["hellaswag_acc_norm"] * 8 % 1 == 0
+    out = tmp_path / "r.json"
+    code, stdout, err = run_test_gpt(capsys, "--ckpt", ckpt, "--data", corpus, "--batches", 1, "--micro-batch", 1,
+                                     "--seq-len", 16, "--hellaswag", hellaswag, "--limit", 12, "--no-amp",
+                                     "--device", "cpu", "--json", out)
+    assert code == 0, err
+    report = read_report(out, "eval")
+    assert report["settings"]["eval"]["conventions"] == ["seed", "lm-eval"]
+    assert "HellaSwag: the first 12 examples" in stdout
+    scores = report["metrics"]["hellaswag"]
+    model, _ = load_gpt(ckpt)
+    examples = load_hellaswag(hellaswag, 12)
+    correct, correct_norm = seed_convention_by_hand(model, examples)
+    assert scores["seed"] == {"acc": correct / 12, "acc_norm": correct_norm / 12, "n": 12}
+    reference = evaluate_hellaswag(model, examples, convention="lm-eval", per_example=True, progress=False)
+    assert scores["lm-eval"] == {k: reference[k] for k in ("acc", "acc_norm", "n")}
+
+
+def test_hellaswag_subset_default_by_device(shared_data):
+    assert CONVENTIONS == HELLASWAG_CONVENTIONS
+    assert hellaswag_limit(None, "cpu") == CPU_HELLASWAG_LIMIT == 1000 and hellaswag_limit(None, "mps") == 1000
+    assert hellaswag_limit(None, "cuda") is None and hellaswag_limit(None, "cuda:1") is None
+    assert hellaswag_limit(0, "cpu") is None and hellaswag_limit(7, "cuda") == 7
+    lines = []
+    args = argparse.Namespace(no_hellaswag=False, limit=None, hellaswag_convention="both",
+                              hellaswag=str(shared_data / "hellaswag" / "hellaswag_val_llamacpp_derived.jsonl"))
+    examples, path, limit = load_hellaswag_examples(args, "cpu", note=lines.append)
+    assert len(examples) == limit == 1000 and path.endswith(".jsonl")
+    assert "the first 1,000 examples" in lines[0] and "--limit 0 for all" in lines[0]
+    args.limit = 0
+    examples, _, limit = load_hellaswag_examples(args, "cpu", note=lines.append)
+    assert limit is None and len(examples) == 10042 and "HellaSwag: all examples" in lines[1]
 
 
 def test_cli_bad_checkpoint_exit_2(repo_root, tmp_path):
@@ -59,19 +125,29 @@ def test_cli_bad_checkpoint_exit_2(repo_root, tmp_path):
     assert len(lines) == 1 and lines[0].startswith(f"{script}: error: ") and "corrupt" in lines[0]
 
 
-def test_test_gpt_bad_input_in_process(nd_ckpt, tmp_path):
-    from experiment import test_gpt
-
-    def error(main, *argv) -> str:
-        with pytest.raises(UserError) as info:
-            main([str(a) for a in argv])
-        return str(info.value)
-
+def test_test_gpt_bad_input_in_process(nd_ckpt, tmp_path, capsys):
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(2)}, foreign)
-    assert "not a checkpoint" in error(test_gpt.main, "--ckpt", foreign)
-    assert "--batches" in error(test_gpt.main, "--ckpt", nd_ckpt, "--batches", "-1")
-    assert "--seq-len" in error(test_gpt.main, "--ckpt", nd_ckpt, "--seq-len", "0")
-    assert "block size" in error(test_gpt.main, "--ckpt", nd_ckpt, "--seq-len", "65")
-    assert "does not exist" in error(test_gpt.main, "--ckpt", nd_ckpt, "--data", tmp_path / "nodata",
-                                     "--no-hellaswag")
+    (tmp_path / "a_file").write_text("keep me")
+    (tmp_path / "a_dir").mkdir()
+    corrupt = tmp_path / "corrupt.pt"  # outputs are checked before the checkpoint is read
+    corrupt.write_bytes(b"not a checkpoint")
+    cases = [(["--ckpt", foreign], "not a checkpoint"),
+             (["--ckpt", nd_ckpt, "--batches", "-1"], "--batches: must be >= 1"),
+             (["--ckpt", nd_ckpt, "--limit", "nan"], "--limit: expected an integer"),
+             (["--ckpt", nd_ckpt, "--seq-len", "0"], "--seq-len: must be >= 1"),
+             (["--ckpt", nd_ckpt, "--seq-len", "65", "--no-hellaswag"], "block size"),
+             (["--ckpt", nd_ckpt, "--data", tmp_path / "nodata", "--no-hellaswag"], "does not exist"),
+             (["--ckpt", corrupt, "--json", tmp_path / "a_dir"], "is a directory"),
+             (["--ckpt", corrupt, "--json", tmp_path / "a_file" / "r.json"], "is a file, not a directory"),
+             (["--ckpt", corrupt, "--json", tmp_path / "a_file" / "x" / "r.json"], "is a file, not a directory"),
+             (["--ckpt", corrupt, "--json", corrupt], "is also an input")]
+    if os.geteuid() != 0:  # root writes anywhere
+        (tmp_path / "ro").mkdir(mode=0o555)
+        cases.append((["--ckpt", corrupt, "--json", tmp_path / "ro" / "r.json"], "is not writable"))
+    for args, message in cases:
+        code, _, err = run_test_gpt(capsys, *args)
+        assert code == 2 and message in err, (args, err)
+        last = err.strip().splitlines()[-1]  # argparse prints its usage above its one error line
+        assert last.startswith("test_gpt.py: error:") and message in last and "Traceback" not in err
+    assert (tmp_path / "a_file").read_text() == "keep me"

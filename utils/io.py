@@ -46,3 +46,20 @@ def remove_stale_tmp(directory: str | os.PathLike) -> list[Path]:
 def fmt(value, spec: str = "", missing: str = "-") -> str:
     """``format(value, spec)``, or ``missing`` for None."""
     return missing if value is None else format(value, spec)
+
+
+def text_table(headers: list[str], rows: list[list[str]], n_left: int = 1) -> str:
+    """Aligned plain-text table: the first ``n_left`` (text) columns left-aligned, numbers right-aligned."""
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if i < n_left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
+
+
+def markdown_table(headers: list[str], rows: list[list[str]], n_left: int = 1) -> str:
+    align = ["---"] * n_left + ["---:"] * (len(headers) - n_left)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(lines)
