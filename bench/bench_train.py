@@ -2,7 +2,8 @@
 
     python bench/bench_train.py [--batch 4] [--repeats 11] [--no-amp] [--default-malloc] [--no-write]
 
-One step = forward + backward + (fused) AdamW step under bf16 autocast, at 6 layers, width 384, 6 heads,
+One step = forward + backward + (fused) AdamW step under bf16 autocast (ours with
+models.kernels.use_cpu_kernels, as the training loop switches them on), at 6 layers, width 384, 6 heads,
 T 256, vocab 50304, the same batch for every model; cases interleaved (each timed step after an
 untimed one), medians compared. Goals: ours / HF >= 1.1x, NdGPT-2 / GPT-2 >= 1.05x. MFU is measured
 against the bf16 matmul peak timed in the same run (a large square bf16 matmul), with
@@ -26,6 +27,7 @@ import torch
 
 from bench.common import interleaved_medians, machine_line, write_section
 from models import build_model
+from models.kernels import use_cpu_kernels
 from utils.malloc import keep_freed_memory
 
 CONFIG = dict(n_layer=6, n_embd=384, n_head=6, block_size=256, vocab_size=50304)
@@ -88,6 +90,9 @@ def main() -> None:
         "GPT2LMHeadModel (HF)": hf_gpt2(),
         "NdGPT-2 (ours)": build_model("ndgpt2", **CONFIG),
     }
+    for name, model in models.items():
+        if "ours" in name:
+            use_cpu_kernels(model)  # as experiment/train_gpt.py runs on the CPU without --compile
 
     def make_step(name, model):
         # the same (fused) AdamW for every model: the ratio compares the models' fwd+bwd

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models.vit import VIT_NAMES, build_vit
+from models import VIT_NAMES, build_vit
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.cli import UserError, pick_device, run_main
 from utils.params import count_params
@@ -30,7 +30,7 @@ from utils.vision_data import autocast, evaluate, iterate_batches, load_image_da
 
 PROG = "train_vit.py"
 # Defaults that depend on --data: the SPEC's ViT-S/16 recipe for real images, a tiny one for synthetic.
-PRESETS = {
+VIT_DEFAULTS = {
     "real": dict(image_size=224, patch_size=16, width=384, depth=12, heads=6,
                  epochs=20, batch_size=32, lr=1e-4),
     "synthetic": dict(image_size=32, patch_size=8, width=64, depth=2, heads=4,
@@ -106,7 +106,7 @@ def main(argv=None):
     ckpt = resumed[1] if resumed else None
 
     data_spec = args.data or (ckpt["data"] if ckpt else "synthetic")
-    preset = PRESETS["synthetic" if data_spec == "synthetic" else "real"]
+    preset = VIT_DEFAULTS["synthetic" if data_spec == "synthetic" else "real"]
     opt = {k: getattr(args, k) if getattr(args, k) is not None else preset[k]
            for k in ("epochs", "batch_size", "lr")}
     synthetic_size = args.synthetic_size or (ckpt.get("synthetic_size") if ckpt else None) or (2000, 500)

@@ -5,7 +5,7 @@
 * ``"dense"``: ``Linear(C, mlp_hidden) -> GELU -> Linear(mlp_hidden, C)``, the GPT-2 MLP
   (``mlp_hidden`` defaults to 4*C; 1536 at C=768 gives the equal-parameter control of NdGPT-2).
 * ``"ndlinear"``: NdGPT-2. The block input (B, T, C) is viewed as (B*T, *nd_in) and mapped by
-  ``NdLinear(nd_in -> nd_hidden)``, GELU, ``NdLinear(nd_hidden -> nd_in)`` (see models/ndgpt2.py).
+  ``NdLinear(nd_in -> nd_hidden)``, GELU, ``NdLinear(nd_hidden -> nd_in)`` (presets in models/__init__.py).
 
 What NdGPT-2's NdLinear((768, 1) -> (1536, 2)) computes: mode 1 maps 768 -> 1536 (a dense
 768x1536 matrix W1), mode 2 maps 1 -> 2 (two scalars a, a' and two biases c, c'). So fc1 produces
@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.ndlinear import NdLinear, branch_mlp, is_branch_pair
+from models.kernels import branch_mlp, is_branch_pair
+from models.ndlinear import NdLinear
 
 
 @dataclass
@@ -59,19 +60,42 @@ class GPTConfig:
         return asdict(self)
 
 
+class KVCache:
+    """One layer's keys and values for generation: (B, n_head, block_size, head_dim), filled left to right."""
+
+    def __init__(self):
+        self.k = self.v = None
+        self.length = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new (B, n_head, T, head_dim) keys and values; return those of every position so far."""
+        if self.k is None:
+            B, H, _, D = k.shape
+            self.k, self.v = (k.new_empty(B, H, block_size, D) for _ in range(2))
+        start, end = self.length, self.length + k.size(2)
+        if end > block_size or (start and k.size(2) > 1):
+            raise ValueError("KVCache: a prompt first, then one token at a time, up to block_size in all")
+        self.k[:, :, start:end], self.v[:, :, start:end] = k, v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head = config.n_head
+        self.block_size = config.block_size
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.residual_init = True
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if cache is not None:
+            k, v = cache.append(k, v, self.block_size)  # one new token attends to every cached one
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
         return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
 
@@ -89,7 +113,11 @@ class MLP(nn.Module):
 
 
 class NdMLP(nn.Module):
-    """The NdGPT-2 feed-forward: NdLinear(nd_in -> nd_hidden), GELU, NdLinear(nd_hidden -> nd_in)."""
+    """The NdGPT-2 feed-forward: NdLinear(nd_in -> nd_hidden), GELU, NdLinear(nd_hidden -> nd_in).
+
+    NdGPT-2's (C, 1) -> (2C, 2) shape runs as one fused kernel (models/kernels.py branch_mlp), except
+    under models.ndlinear.literal_path, which runs the literal maths below through the factor modules.
+    """
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -102,7 +130,7 @@ class NdMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        if self.branched and not (self.c_fc.observed() or self.c_proj.observed()):
+        if self.branched and not (self.c_fc.literal or self.c_proj.literal):
             return branch_mlp(x.view(B * T, C), self.c_fc, self.c_proj, self.gelu.approximate).view(B, T, C)
         h = self.gelu(self.c_fc(x.view(B * T, *self.nd_in)))
         return self.c_proj(h).view(B, T, C)
@@ -116,8 +144,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config) if config.mlp == "dense" else NdMLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -154,28 +182,28 @@ class GPT(nn.Module):
         """Parameters with the tied head counted once."""
         return sum(p.numel() for p in self.parameters())
 
-    def hidden_states(self, idx: torch.Tensor, sparse_embedding_grad: bool = False) -> torch.Tensor:
-        """Final-LayerNorm output (B, T, C): what the LM head reads."""
+    def hidden_states(self, idx: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
+        """Final-LayerNorm output (B, T, C): what the LM head reads. With ``caches`` (one per layer,
+        see generate) idx continues the cached positions."""
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of length {T} exceeds block_size {self.config.block_size}")
-        pos = torch.arange(T, device=idx.device)
-        tok = F.embedding(idx, self.transformer.wte.weight, sparse=sparse_embedding_grad)
-        x = tok + self.transformer.wpe(pos)
-        for block in self.transformer.h:
-            x = block(x)
+        start = caches[0].length if caches else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of length {start + T} exceeds block_size {self.config.block_size}")
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, caches[i] if caches else None)
         return self.transformer.ln_f(x)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        # With a loss the tied head gives wte a dense gradient in the same backward, so the lookup's
-        # gradient can be sparse (B*T rows) and is added into it: on the CPU this saves building,
-        # zeroing and adding a dense (vocab, C) matrix every step. The parameter's .grad stays dense.
-        sparse = targets is not None and idx.device.type == "cpu" and not torch.compiler.is_compiling()
-        logits = self.lm_head(self.hidden_states(idx, sparse_embedding_grad=sparse))
-        loss = None
-        if targets is not None:
-            loss = cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        logits = self.lm_head(self.hidden_states(idx))
+        loss = None if targets is None else self.loss(logits, targets)
         return logits, loss
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy in fp32 over the targets that are not -1 (models.kernels.use_cpu_kernels
+        swaps in a faster CPU version)."""
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
 
     def configure_optimizers(self, weight_decay: float, learning_rate: float, betas=(0.9, 0.95),
                              eps: float = 1e-8, device_type: str = "cpu") -> torch.optim.AdamW:
@@ -191,137 +219,51 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = 50,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """Sample ``max_new_tokens`` tokens after ``idx`` (B, T); top-k then multinomial."""
+                 generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
+        """Sample ``max_new_tokens`` tokens after ``idx`` (B, T): top-k, then multinomial (top_k=1: argmax).
+
+        With ``use_cache`` the prompt runs once and every later step only the new token, reading the
+        keys and values of the earlier ones from a per-layer KVCache. Once the sequence outgrows
+        block_size, every step recomputes the last block_size tokens (the context is cropped, as
+        without the cache).
+        """
         if max_new_tokens < 0:
             raise ValueError("max_new_tokens must be >= 0")
         if temperature <= 0:
             raise ValueError("temperature must be > 0")
         if top_k is not None and top_k < 1:
             raise ValueError("top_k must be >= 1")
+        caches = [KVCache() for _ in self.transformer.h] if use_cache else None
+        step_input = idx
         for _ in range(max_new_tokens):
-            context = idx[:, -self.config.block_size:]
-            logits = self.lm_head(self.hidden_states(context)[:, -1, :]).float() / temperature
-            if top_k is not None:
-                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            probs = F.softmax(logits, dim=-1)
-            next_id = torch.multinomial(probs, 1, generator=generator)
+            if caches is None or idx.size(1) > self.config.block_size:
+                hidden = self.hidden_states(idx[:, -self.config.block_size:])
+            else:
+                hidden = self.hidden_states(step_input, caches)
+            logits = self.lm_head(hidden[:, -1, :]).float() / temperature
+            if top_k == 1:
+                next_id = logits.argmax(dim=-1, keepdim=True)
+            else:
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                next_id = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
             idx = torch.cat([idx, next_id], dim=1)
+            step_input = next_id
         return idx
-
-    # ----- OpenAI / Hugging Face interop -----
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str = "gpt2") -> GPT:
-        """OpenAI GPT-2 weights through transformers: a hub name ("gpt2", "gpt2-medium", ...)
-        when online, or a local directory holding an HF GPT-2 checkpoint."""
-        from transformers import GPT2LMHeadModel
+        """OpenAI GPT-2 weights through transformers (a hub name or a local HF directory); see models/hf.py."""
+        from models.hf import from_pretrained
 
-        hf = GPT2LMHeadModel.from_pretrained(name_or_dir)
-        c = hf.config
-        gelu = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}.get(c.activation_function)
-        if gelu is None:
-            raise ValueError(f"unsupported GPT-2 activation {c.activation_function!r}")
-        config = GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head,
-                           n_embd=c.n_embd, bias=True, gelu=gelu,
-                           mlp_hidden=c.n_inner or 4 * c.n_embd)
-        model = cls(config)
-        model.load_state_dict(_hf_to_ours(hf.state_dict()), strict=True)
-        return model
+        return from_pretrained(name_or_dir)
 
     def save_hf(self, out_dir: str) -> None:
-        """Write an HF directory that ``GPT2LMHeadModel.from_pretrained`` loads (dense MLP only)."""
-        from transformers import GPT2Config, GPT2LMHeadModel
+        """Write an HF directory that transformers loads; see models/hf.py."""
+        from models.hf import save_hf
 
-        c = self.config
-        if c.mlp != "dense":
-            raise ValueError("only dense-MLP GPT-2 models can be exported to transformers' GPT2LMHeadModel")
-        hf_config = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
-                               n_layer=c.n_layer, n_head=c.n_head, n_inner=c.mlp_hidden or None,
-                               activation_function="gelu_new" if c.gelu == "tanh" else "gelu",
-                               resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True)
-        hf = GPT2LMHeadModel(hf_config)
-        missing, unexpected = hf.load_state_dict(_ours_to_hf(self.state_dict()), strict=False)
-        if unexpected or [k for k in missing if not k.endswith(("attn.bias", "attn.masked_bias"))]:
-            raise RuntimeError(f"HF export mismatch: missing={missing} unexpected={unexpected}")
-        hf.save_pretrained(out_dir)
-
-
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over (N, V) logits in fp32, ignoring targets of -1.
-
-    On the CPU the fp32 copy of the logits and the log-softmax round trip are memory-bound and take
-    a quarter of a small model's step. The CPU version works on cache-sized row chunks in fp32 and,
-    when a gradient is wanted, computes it in the same pass (softmax minus one-hot, over the count),
-    so the backward is one scaling pass. On GPUs F.cross_entropy (fused by torch.compile) is fast.
-    """
-    if logits.device.type != "cpu":
-        return F.cross_entropy(logits.float(), targets, ignore_index=-1)
-    if torch.is_grad_enabled() and logits.requires_grad:
-        return _ChunkedCrossEntropy.apply(logits, targets)
-    return _chunked_cross_entropy(logits, targets)[0]
-
-
-def _chunked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, with_grad: bool = False):
-    """(mean loss, d loss / d logits or None); the gradient has the logits' dtype."""
-    n, vocab = logits.shape
-    rows = max(1, (1 << 20) // vocab)  # ~4 MB of fp32 per chunk: stays in cache
-    valid = targets != -1
-    safe_targets = targets.clamp_min(0)
-    count = valid.sum()
-    weight = valid.float() / count.clamp_min(1)  # d loss / d (per-row loss)
-    nll = torch.empty(n, dtype=torch.float32, device=logits.device)
-    grad = torch.empty_like(logits) if with_grad else None
-    for start in range(0, n, rows):
-        end = min(start + rows, n)
-        chunk, target = logits[start:end], safe_targets[start:end]
-        probs = torch.softmax(chunk, dim=-1, dtype=torch.float32)  # one fused pass, fp32 maths
-        at_target = (torch.arange(end - start, device=probs.device), target)
-        log_p = probs[at_target].log()
-        underflow = torch.isinf(log_p)
-        if underflow.any():  # p(target) below fp32's range (a logit gap > ~87 nats): exact, slower
-            exact = chunk[underflow].float()
-            log_p[underflow] = exact.gather(1, target[underflow, None]).squeeze(1) - exact.logsumexp(dim=-1)
-        nll[start:end] = -log_p
-        if with_grad:  # softmax - one_hot(target), weighted per row
-            probs.mul_(weight[start:end, None])
-            probs[at_target] -= weight[start:end]
-            grad[start:end] = probs
-    return (nll * valid).sum() / count, grad
-
-
-class _ChunkedCrossEntropy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits, targets):
-        loss, grad = _chunked_cross_entropy(logits, targets, with_grad=True)
-        ctx.grad = grad  # not save_for_backward: backward scales it in place and hands it on
-        return loss
-
-    @staticmethod
-    def backward(ctx, upstream):
-        grad, ctx.grad = ctx.grad, None
-        if grad is None:
-            raise RuntimeError("cross_entropy: backward through the same loss twice is not supported")
-        return (grad if upstream.item() == 1.0 else grad.mul_(upstream)), None
-
-
-# HF GPT-2 uses Conv1D (weight stored as in x out); ours are nn.Linear (out x in).
-_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-
-
-def _hf_to_ours(sd: dict) -> dict:
-    out = {}
-    for k, v in sd.items():
-        if k.endswith(("attn.masked_bias", "attn.bias")) and "c_attn" not in k and "c_proj" not in k:
-            continue  # causal-mask buffers of older transformers versions
-        out[k] = v.t().contiguous() if k.endswith(_TRANSPOSED) else v
-    out.setdefault("lm_head.weight", out["transformer.wte.weight"])
-    return out
-
-
-def _ours_to_hf(sd: dict) -> dict:
-    return {k: (v.t().contiguous() if k.endswith(_TRANSPOSED) else v) for k, v in sd.items()}
+        save_hf(self, out_dir)
 
 
 def _init_ndlinear(layer: NdLinear, std: float) -> None:

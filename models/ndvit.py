@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from models.ndlinear import NdLinear
-from models.vit import ViT, ViTConfig, build_vit
+from models.vit import ViT, ViTConfig
 
 
 class NdPatchEmbed(nn.Module):
@@ -53,5 +53,3 @@ class NdViT(ViT):
                 for factor in m.align_layers:
                     factor.reset_parameters()
 
-
-__all__ = ["NdPatchEmbed", "NdViT", "ViTConfig", "build_vit"]

@@ -5,7 +5,7 @@ Patch embedding -> class token + learned positions -> pre-LN blocks (``x + attn(
 
 The blocks build their linear layers through ``ViT._make_linear``, the patch embedding through
 ``_make_patch_embed`` and the head through ``_make_head``: NdViT (models/ndvit.py) overrides only
-those three. ``build_vit("vit" | "ndvit", **overrides)`` returns either.
+those three. ``models.build_vit("vit" | "ndvit", **overrides)`` returns either.
 """
 
 from __future__ import annotations
@@ -157,16 +157,3 @@ class ViT(nn.Module):
             x = block(x)
         x = self.norm(x)
         return self.head(x[:, :1]).squeeze(1)  # (B, classes)
-
-
-VIT_NAMES = ("vit", "ndvit")
-
-
-def build_vit(name: str, **overrides) -> ViT:
-    """A freshly initialised "vit" (ViT-S/16 by default) or "ndvit"; overrides are ViTConfig fields."""
-    from models.ndvit import NdViT  # ndvit imports this module
-
-    classes = {"vit": ViT, "ndvit": NdViT}
-    if name not in classes:
-        raise ValueError(f"unknown vision model {name!r}; choose one of: {', '.join(VIT_NAMES)}")
-    return classes[name](ViTConfig(**overrides))

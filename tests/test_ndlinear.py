@@ -6,7 +6,7 @@ import ndlinear as pypi_ndlinear
 import pytest
 import torch
 
-from models.ndlinear import NdLinear
+from models.ndlinear import NdLinear, literal_path
 
 # (input_dims, hidden_size, transform_outer, batch)
 SHAPES = [
@@ -54,7 +54,7 @@ def test_state_dict_keys_match_package():
         ref.load_state_dict(ours.state_dict(), strict=True)
 
 
-@pytest.mark.parametrize("path", ["fast", "modewise"])
+@pytest.mark.parametrize("path", ["fast", "literal"])
 @pytest.mark.parametrize("input_dims,hidden_size,transform_outer,batch", SHAPES, ids=IDS)
 def test_matches_package_outputs_and_gradients(input_dims, hidden_size, transform_outer, batch, path):
     ours, ref = make_pair(input_dims, hidden_size, transform_outer)
@@ -62,7 +62,7 @@ def test_matches_package_outputs_and_gradients(input_dims, hidden_size, transfor
     x = torch.randn(batch, *input_dims, dtype=torch.float64, generator=gen)
     upstream = torch.randn(batch, *hidden_size, dtype=torch.float64, generator=gen)
 
-    forward = ours.forward_modewise if path == "modewise" else None
+    forward = ours.forward_literal if path == "literal" else None
     out, gx, grads = forward_backward(ours, x, upstream, forward)
     ref_out, ref_gx, ref_grads = forward_backward(ref, x, upstream)
 
@@ -122,7 +122,7 @@ HOOK_CASES = [((4, 3, 2), (2, 5, 3), True), ((4, 3, 2), (2, 5, 3), False), ((6, 
 
 
 @pytest.mark.parametrize("input_dims,hidden_size,transform_outer", HOOK_CASES)
-def test_hook_on_factor_sees_its_exact_input(input_dims, hidden_size, transform_outer):
+def test_literal_path_hook_on_factor_sees_its_exact_input(input_dims, hidden_size, transform_outer):
     ours, ref = make_pair(input_dims, hidden_size, transform_outer)
     x = torch.randn(5, *input_dims, dtype=torch.float64)
     expected = expected_factor_inputs(ours, x)
@@ -135,12 +135,15 @@ def test_hook_on_factor_sees_its_exact_input(input_dims, hidden_size, transform_
             def keep_input(module, inputs, output, i=i, store=store):
                 store[i] = inputs[0]
             handles.append(factor.register_forward_hook(keep_input))
-    out = ours(x)
+    with literal_path(ours) as layer:
+        assert layer is ours and ours.literal
+        out = ours(x)
     ref(x)
     for h in handles:
         h.remove()
 
-    torch.testing.assert_close(out, unhooked, atol=1e-10, rtol=0)  # hooks change the path, not the result
+    assert not ours.literal  # restored on exit
+    torch.testing.assert_close(out, unhooked, atol=1e-10, rtol=0)  # the path changes, not the result
     assert sorted(seen) == list(range(ours.num_modes))
     for i, factor in enumerate(ours.align_layers):
         assert seen[i].shape[-1] == factor.in_features

@@ -12,9 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import build_model
-from models.ndvit import NdViT
-from models.vit import ViT, ViTConfig, build_vit
+from models import NdViT, ViT, ViTConfig, build_model, build_vit
 from utils.checkpoint import save_checkpoint
 from utils.cli import UserError
 from utils.vision_data import (

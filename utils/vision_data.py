@@ -216,7 +216,7 @@ def autocast(device):
 
 def load_vit(path, device="cpu"):
     """(model on ``device`` in eval mode, checkpoint dict) for a checkpoint saved by train_vit.py."""
-    from models.vit import VIT_NAMES, build_vit
+    from models import VIT_NAMES, build_vit
     from utils.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path, expect_kind="vit")

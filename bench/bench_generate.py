@@ -1,0 +1,97 @@
+"""Sampling speed: our GPT.generate with and without the KV cache vs transformers' generate(use_cache=True).
+
+    python bench/bench_generate.py [--batch 1 4] [--prompt 32] [--new-tokens 128] [--repeats 3] [--no-write]
+
+Greedy decoding (ours: top_k=1; HF: do_sample=False) of a randomly initialised dense GPT-2 (6 layers,
+width 384, 6 heads, vocab 50304), the same weights in both (exported with GPT.save_hf), fp32,
+2 threads by default. Every case generates exactly --new-tokens tokens; the tokens of all three
+are checked equal. Goal: ours with the cache at least as fast as HF's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from bench.common import interleaved_medians, machine_line, write_section
+from models import build_model
+from utils.cli import positive_int, run_main
+
+CONFIG = dict(n_layer=6, n_embd=384, n_head=6, block_size=1024, vocab_size=50304)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def make_case(generate, prompt: torch.Tensor, new: int, outputs: dict, name: str):
+    """A timed call of ``generate(prompt, new)`` that keeps its tokens in ``outputs[name]``."""
+    def run():
+        with torch.inference_mode():
+            outputs[name] = generate(prompt, new)
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=positive_int, nargs="+", default=[1, 4], help="batch sizes to run")
+    ap.add_argument("--prompt", type=positive_int, default=32, help="prompt tokens")
+    ap.add_argument("--new-tokens", type=positive_int, default=128)
+    ap.add_argument("--repeats", type=positive_int, default=3)
+    ap.add_argument("--threads", type=positive_int, default=2)
+    ap.add_argument("--no-write", action="store_true", help="print only, do not update bench/RESULTS.md")
+    args = ap.parse_args()
+    if args.prompt + args.new_tokens > CONFIG["block_size"]:
+        ap.error(f"--prompt + --new-tokens must be <= {CONFIG['block_size']} (the block size)")
+    torch.set_num_threads(args.threads)
+    from tqdm import tqdm
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    ours = build_model("gpt2", **CONFIG).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        ours.save_hf(tmp)
+        hf = GPT2LMHeadModel.from_pretrained(tmp).eval()
+    hf.generation_config.eos_token_id = None  # no early stop: exactly --new-tokens tokens, as ours
+    new = args.new_tokens
+
+    lines = [f"`python bench/bench_generate.py --batch {' '.join(map(str, args.batch))} --prompt {args.prompt} "
+             f"--new-tokens {new} --repeats {args.repeats}` — greedy, fp32, random dense GPT-2 6 layers x 384, "
+             f"6 heads, vocab 50304, prompt {args.prompt}, {new} new tokens; median of {args.repeats} interleaved "
+             f"runs; CPU: {cpu_name()}; {machine_line()}.", "",
+             "| batch | ours, KV cache | ours, no cache | HF generate(use_cache=True) | cache / no cache | "
+             "ours / HF | same tokens |", "|---|---|---|---|---|---|---|"]
+    for batch in tqdm(args.batch, desc="batch sizes"):
+        prompt = torch.randint(0, 50257, (batch, args.prompt), generator=torch.Generator().manual_seed(batch))
+        outputs: dict[str, torch.Tensor] = {}
+        cases = {name: make_case(fn, prompt, new, outputs, name) for name, fn in (
+            ("cache", lambda p, n: ours.generate(p, n, top_k=1)),
+            ("no cache", lambda p, n: ours.generate(p, n, top_k=1, use_cache=False)),
+            ("hf", lambda p, n: hf.generate(p, attention_mask=torch.ones_like(p), do_sample=False, max_new_tokens=n,
+                                            use_cache=True, pad_token_id=0)))}
+        t = interleaved_medians(cases, repeats=args.repeats, warmup=1)
+        same = torch.equal(outputs["cache"], outputs["no cache"]) and torch.equal(outputs["cache"], outputs["hf"])
+        rate = {name: batch * new / seconds for name, seconds in t.items()}
+        lines.append(f"| {batch} | {rate['cache']:,.0f} tok/s | {rate['no cache']:,.0f} tok/s | {rate['hf']:,.0f} tok/s"
+                     f" | {rate['cache'] / rate['no cache']:.2f}x | {rate['cache'] / rate['hf']:.2f}x | "
+                     f"{'yes' if same else 'no'} |")
+    body = "\n".join(lines)
+    print(body)
+    if not args.no_write:
+        write_section("Sampling (bench/bench_generate.py)", body)
+
+
+if __name__ == "__main__":
+    run_main(main, "bench_generate.py")

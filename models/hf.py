@@ -1,0 +1,142 @@
+"""Hugging Face interop: ``GPT.from_pretrained`` and ``GPT.save_hf`` delegate here.
+
+Two kinds of directory, both written by ``save_hf`` and read back by ``from_pretrained``:
+
+* dense-MLP models: a standard ``GPT2LMHeadModel`` (config.json + model.safetensors);
+* NdLinear-MLP models (NdGPT-2 and its variants; also bias=False): model_type "ndgpt2", loaded with
+  ``trust_remote_code=True``. The directory holds ``modeling_ndgpt2.py`` and the modules of this
+  package it imports (gpt2.py, ndlinear.py, ...), copied at export time with ``from models.X`` imports
+  rewritten to ``from .X``: the exported code is this repository's code, not a second copy.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from models.gpt2 import GPT, GPTConfig
+
+# HF GPT-2 uses Conv1D (weight stored as in x out); ours are nn.Linear (out x in).
+_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+NDGPT2_AUTO_MAP = {"AutoConfig": "modeling_ndgpt2.NdGPT2Config",
+                   "AutoModelForCausalLM": "modeling_ndgpt2.NdGPT2ForCausalLM"}
+
+
+def from_pretrained(name_or_dir: str = "gpt2") -> GPT:
+    """A GPT from a hub name ("gpt2", "gpt2-medium", ...; online) or a local directory: an HF GPT-2
+    checkpoint, or an NdGPT-2 directory written by ``save_hf`` (read directly, no remote code run)."""
+    config_file = Path(name_or_dir) / "config.json"
+    if config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "ndgpt2":
+        return _load_ndgpt2(Path(name_or_dir))
+    from transformers import GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel.from_pretrained(name_or_dir)
+    c = hf.config
+    gelu = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}.get(c.activation_function)
+    if gelu is None:
+        raise ValueError(f"unsupported GPT-2 activation {c.activation_function!r}")
+    config = GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head,
+                       n_embd=c.n_embd, bias=True, gelu=gelu, mlp_hidden=c.n_inner or 0)
+    model = GPT(config)
+    model.load_state_dict(hf_to_ours(hf.state_dict()), strict=True)
+    return model
+
+
+def save_hf(model: GPT, out_dir: str) -> None:
+    """Write an HF directory of ``model``: a GPT2LMHeadModel for a dense MLP with biases, else the
+    "ndgpt2" remote-code architecture. Weights are saved as they are (a pruned model keeps its zeros)."""
+    if is_gpt2_compatible(model.config):
+        _save_gpt2(model, out_dir)
+    else:
+        _save_ndgpt2(model, Path(out_dir))
+
+
+def is_gpt2_compatible(config: GPTConfig) -> bool:
+    """Dense MLP with biases: transformers' GPT2LMHeadModel computes it. Anything else is "ndgpt2"."""
+    return config.mlp == "dense" and config.bias
+
+
+def _save_gpt2(model: GPT, out_dir: str) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    c = model.config
+    hf_config = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
+                           n_layer=c.n_layer, n_head=c.n_head, n_inner=c.mlp_hidden or None,
+                           activation_function="gelu_new" if c.gelu == "tanh" else "gelu",
+                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True)
+    hf = GPT2LMHeadModel(hf_config)
+    missing, unexpected = hf.load_state_dict(ours_to_hf(model.state_dict()), strict=False)
+    if unexpected or [k for k in missing if not k.endswith(("attn.bias", "attn.masked_bias"))]:
+        raise RuntimeError(f"HF export mismatch: missing={missing} unexpected={unexpected}")
+    hf.save_pretrained(out_dir)
+
+
+def _save_ndgpt2(model: GPT, out_dir: Path) -> None:
+    from models.modeling_ndgpt2 import NdGPT2Config, NdGPT2ForCausalLM
+
+    config = NdGPT2Config(**model.config.to_dict(), architectures=["NdGPT2ForCausalLM"],
+                          auto_map=NDGPT2_AUTO_MAP, dtype="float32")
+    hf = NdGPT2ForCausalLM(config)
+    hf.model.load_state_dict(model.state_dict())
+    hf.save_pretrained(out_dir)
+    for name, text in remote_code_files().items():
+        (out_dir / name).write_text(text, encoding="utf-8")
+
+
+def _load_ndgpt2(directory: Path) -> GPT:
+    from safetensors.torch import load_file
+
+    from models.modeling_ndgpt2 import GPT_FIELDS
+
+    config = json.loads((directory / "config.json").read_text())
+    index = directory / "model.safetensors.index.json"
+    shards = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() \
+        else ["model.safetensors"]
+    state = {}
+    for shard in shards:
+        state.update(load_file(directory / shard))
+    state = {k.removeprefix("model."): v for k, v in state.items()}
+    state.setdefault("lm_head.weight", state["transformer.wte.weight"])
+    model = GPT(GPTConfig(**{k: config[k] for k in GPT_FIELDS if k in config}))
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def remote_code_files() -> dict[str, str]:
+    """{file name: source} of modeling_ndgpt2.py and every module of this package it imports,
+    transitively, with ``from models.X import`` / ``from models import X`` made relative."""
+    package = Path(__file__).resolve().parent
+    files, todo = {}, ["modeling_ndgpt2"]
+    while todo:
+        name = todo.pop()
+        if f"{name}.py" in files:
+            continue
+        source = (package / f"{name}.py").read_text(encoding="utf-8")
+        source = re.sub(r"^(\s*)from models\.(\w+) import", r"\1from .\2 import", source, flags=re.M)
+        source = re.sub(r"^(\s*)from models import", r"\1from . import", source, flags=re.M)
+        if re.search(r"^\s*import models\b", source, flags=re.M):
+            raise RuntimeError(f"models/{name}.py: write 'from models.X import Y' for the HF export")
+        for imported in re.findall(r"^\s*from \.(\w+) import", source, flags=re.M):
+            todo.append(imported)
+        for names in re.findall(r"^\s*from \. import ([\w, ]+)$", source, flags=re.M):
+            todo.extend(n.strip() for n in names.split(","))
+        for module in todo:
+            if not (package / f"{module}.py").is_file():
+                raise RuntimeError(f"models/{name}.py imports {module!r}, which is not a module file")
+        files[f"{name}.py"] = source
+    return files
+
+
+def hf_to_ours(sd: dict) -> dict:
+    out = {}
+    for k, v in sd.items():
+        if k.endswith(("attn.masked_bias", "attn.bias")) and "c_attn" not in k and "c_proj" not in k:
+            continue  # causal-mask buffers of older transformers versions
+        out[k] = v.t().contiguous() if k.endswith(_TRANSPOSED) else v
+    out.setdefault("lm_head.weight", out["transformer.wte.weight"])
+    return out
+
+
+def ours_to_hf(sd: dict) -> dict:
+    return {k: (v.t().contiguous() if k.endswith(_TRANSPOSED) else v) for k, v in sd.items()}
