@@ -1,6 +1,7 @@
 """HellaSwag evaluation: batched scorer vs the one-example-per-forward fp32 loop.
 
-    python bench/bench_hellaswag.py [--examples 200] [--batch-size 16] [--repeats 3] [--no-write]
+    python bench/bench_hellaswag.py [--examples 200] [--batch-size 16] [--repeats 3] [--convention seed]
+                                    [--no-write]
 
 A randomly initialised 4-layer / 256-wide GPT (vocab 50304) scores the same N real examples both
 ways in one run, interleaved; both run in fp32 (the batched one with amp=False) and must give
@@ -20,7 +21,7 @@ import torch
 from bench.common import interleaved_medians, machine_line, write_section
 from models import build_model
 from utils.cli import UserError, pick_device, run_main
-from utils.hellaswag import default_hellaswag_path, evaluate_hellaswag, load_hellaswag
+from utils.hellaswag import HELLASWAG_CONVENTIONS, default_hellaswag_path, evaluate_hellaswag, load_hellaswag
 
 
 def main() -> None:
@@ -29,6 +30,8 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=200, help="examples per run (default: %(default)s)")
     ap.add_argument("--batch-size", type=int, default=16, help="examples per forward, batched scorer")
     ap.add_argument("--repeats", type=int, default=3, help="timed repetitions (default: %(default)s)")
+    ap.add_argument("--convention", choices=HELLASWAG_CONVENTIONS, default="seed",
+                    help="HellaSwag convention (utils/hellaswag.py; default: %(default)s)")
     ap.add_argument("--device", help="cpu / cuda (default: best available)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-write", action="store_true", help="print only, do not update bench/RESULTS.md")
@@ -44,7 +47,8 @@ def main() -> None:
 
     def case(name, **kw):
         def run():
-            results[name] = evaluate_hellaswag(model, examples, device=device, progress=False, **kw)
+            results[name] = evaluate_hellaswag(model, examples, device=device, progress=False,
+                                               convention=args.convention, **kw)
         return run
 
     times = interleaved_medians({"per_example": case("per_example", per_example=True),
@@ -56,7 +60,8 @@ def main() -> None:
     n = len(examples)
     ratio = times["per_example"] / times["batched"]
     lines = [f"`python bench/bench_hellaswag.py --examples {n} --batch-size {args.batch_size} "
-             f"--repeats {args.repeats}` — random 4-layer/256-wide GPT (vocab 50304), {n} examples, "
+             f"--repeats {args.repeats} --convention {args.convention}` — random 4-layer/256-wide GPT "
+             f"(vocab 50304), {n} examples, {args.convention} convention, "
              f"fp32 both, median of {args.repeats} interleaved runs; {device}, {machine_line()}.", "",
              "| scorer | time | examples/s | acc | acc_norm |", "|---|---|---|---|---|"]
     for name, label in (("per_example", "one example per forward, full logits"),

@@ -1,11 +1,13 @@
-"""Download the original HellaSwag validation set (rowanz/hellaswag, 10,042 examples, ~11 MB).
+"""Fetch the original HellaSwag validation set (rowanz/hellaswag, 10,042 examples, ~11 MB) and validate it.
 
-    python data/hellaswag.py [--out-dir data/hellaswag] [--force] [--check PATH]
+    python data/hellaswag.py                                     # download into data/hellaswag/
+    python data/hellaswag.py --url file:///path/to/hellaswag_val.jsonl   # copy a local file instead
+    python data/hellaswag.py --check PATH                        # validate PATH, print its example count
 
-The file lands in data/hellaswag/hellaswag_val.jsonl, where the evaluator looks first. Offline,
-pass the llama.cpp-derived copy instead (same 10,042 examples, lightly preprocessed WikiHow text):
---hellaswag ../shared/data/hellaswag/hellaswag_val_llamacpp_derived.jsonl.
-``--check PATH`` validates a file and prints its example count without downloading anything.
+The file lands in data/hellaswag/hellaswag_val.jsonl, where the evaluators look first (then the shared
+llama.cpp-derived copy, ../shared/data/hellaswag/hellaswag_val_llamacpp_derived.jsonl: the same 10,042
+examples, lm-eval-preprocessed, usable offline with --hellaswag PATH). The download goes through a temp
+file and is validated line by line before it replaces anything.
 """
 
 from __future__ import annotations
@@ -16,32 +18,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.cli import run_main
-from utils.hellaswag import HELLASWAG_VAL_URL, load_hellaswag
-from utils.hellaswag import download_hellaswag as _download
+from utils.cli import check_writable_dir, run_main
+from utils.hellaswag import HELLASWAG_VAL_URL, download_hellaswag, load_hellaswag
 
 
-def download_hellaswag(out_dir="data/hellaswag", url: str = HELLASWAG_VAL_URL, force: bool = False) -> Path:
-    """Path of the cached validation jsonl in ``out_dir``, downloaded first if missing (or ``force``).
-    Offline -> UserError pointing at the shared llama.cpp-derived copy."""
-    return _download(out_dir, url=url, force=force)
-
-
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out-dir", default="data/hellaswag", help="cache directory (default: %(default)s)")
-    ap.add_argument("--url", default=HELLASWAG_VAL_URL, help="source URL (default: the rowanz GitHub file)")
-    ap.add_argument("--force", action="store_true", help="download again even if the file is cached")
+    ap.add_argument("--url", default=HELLASWAG_VAL_URL,
+                    help="source URL, or file:///PATH to copy a local file (default: the rowanz GitHub file)")
+    ap.add_argument("--force", action="store_true", help="fetch again even if the file is cached")
     ap.add_argument("--check", metavar="PATH", help="only validate PATH and print its example count")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.check:
-        examples = load_hellaswag(args.check)
-        print(f"{args.check}: {len(examples)} valid HellaSwag examples")
+        print(f"{args.check}: {len(load_hellaswag(args.check))} valid HellaSwag examples")
         return
     cached = Path(args.out_dir) / Path(args.url).name
     if cached.is_file() and not args.force:
-        print(f"already cached: {cached} ({cached.stat().st_size:,} bytes); --force downloads it again")
+        print(f"already cached: {cached} ({cached.stat().st_size:,} bytes); --force fetches it again")
         return
+    check_writable_dir(args.out_dir, "--out-dir")
     path = download_hellaswag(args.out_dir, url=args.url, force=args.force)
     print(f"{len(load_hellaswag(path))} examples cached at {path}")
 

@@ -1,5 +1,6 @@
-"""experiment/generate.py on checkpoints of any model (dense, NdGPT-2,
-pruned) and on a local Hugging Face directory; bad input -> one line, exit 2."""
+"""experiment/generate.py and utils.evaluation.sample_texts on checkpoints of any model (dense, NdGPT-2,
+pruned) and on exported HF directories; special tokens in prompts, memory-bounded batches, the KV
+cache switch; bad input -> one line, exit 2."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import sys
 import pytest
 import torch
 
-from models import build_model
+from models import GPTConfig, build_model
 from tests.conftest import TINY
 from utils.cli import UserError
+from utils.evaluation import encode_prompt, sample_bytes, sample_texts
+from utils.tokenizer import get_encoding
 
 
 def run_generate(*argv, capsys):
@@ -29,39 +32,77 @@ def test_generate_is_seeded_and_reads_any_model(nd_ckpt, capsys):
     assert run_generate(*args, "--seed", "2", capsys=capsys) != first
 
 
-def test_generate_from_local_hf_dir(tmp_path, capsys):
+def test_no_cache_gives_the_same_greedy_tokens(nd_ckpt, capsys):
+    args = ["--ckpt", nd_ckpt, "--num-samples", "2", "--max-new-tokens", "8", "--top-k", "1", "--no-amp"]
+    assert run_generate(*args, capsys=capsys) == run_generate(*args, "--no-cache", capsys=capsys)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "ndgpt2"])
+def test_generate_from_exported_hf_dir(tmp_path, capsys, name):
+    from utils.hf_export import export_hf
+
     torch.manual_seed(0)
-    build_model("gpt2", **TINY, vocab_size=50304).save_hf(str(tmp_path / "hf"))
+    export_hf(build_model(name, **TINY), tmp_path / "hf")
     out = run_generate("--hf", tmp_path / "hf", "--num-samples", "1", "--max-new-tokens", "4", capsys=capsys)
-    assert out.count("--- sample") == 1 and "Hello, I'm a language model," in out
+    assert out.count("--- sample") == 1 and "Hello, I'm a language model," in out and "HF" in out
 
 
-@pytest.mark.parametrize("script", ["generate.py"])
-def test_cli_bad_checkpoint_exit_2(repo_root, tmp_path, script):
+def test_prompt_with_end_of_text_token(nd_ckpt, capsys):
+    enc = get_encoding()
+    assert encode_prompt(enc, "a<|endoftext|>b") == [*enc.encode_ordinary("a"), enc.eot_token,
+                                                      *enc.encode_ordinary("b")]
+    assert encode_prompt(enc, "") == [enc.eot_token]
+    out = run_generate("--ckpt", nd_ckpt, "--prompt", "The end.<|endoftext|>A new", "--num-samples", "2",
+                       "--max-new-tokens", "3", capsys=capsys)
+    assert out.count("The end.<|endoftext|>A new") == 2
+
+
+def test_samples_run_in_batches_that_fit_the_budget(monkeypatch):
+    torch.manual_seed(0)
+    model = build_model("gpt2", **TINY).eval()
+    enc = get_encoding()
+    per_sample = sample_bytes(model.config, len(encode_prompt(enc, "Hi")), 2)
+    assert per_sample > 4 * 4 * model.config.vocab_size  # at least the logits rows
+    sizes = []
+    real = model.generate
+    monkeypatch.setattr(model, "generate", lambda idx, *a, **k: sizes.append(len(idx)) or real(idx, *a, **k))
+    texts = sample_texts(model, enc, "Hi", 7, 2, memory_budget=3 * per_sample)
+    assert sizes == [3, 3, 1] and len(texts) == 7 and all(t.startswith("Hi") for t in texts)
+    sizes.clear()
+    assert sample_texts(model, enc, "Hi", 7, 2) == sample_texts(model, enc, "Hi", 7, 2)  # seeded
+    assert sizes == [7, 7]  # the default budget holds 7 tiny samples in one batch
+    big = GPTConfig()  # GPT-2 124M
+    assert 100_000 * sample_bytes(big, 10, 1000) > 2 << 30 > 10 * sample_bytes(big, 10, 1000)
+
+
+def test_bad_input_exit_2(nd_ckpt, tmp_path, capsys):
+    from experiment import generate
+
+    for flag, value in [("--temperature", "nan"), ("--temperature", "inf"), ("--temperature", "0"),
+                        ("--temperature", "-1"), ("--top-k", "0"), ("--max-new-tokens", "-5"),
+                        ("--num-samples", "0"), ("--num-samples", "1e9")]:
+        with pytest.raises(SystemExit) as info:
+            generate.parse_args(["--ckpt", str(nd_ckpt), flag, value])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and f"argument {flag}" in err and "Traceback" not in err, (flag, value)
+
+    def error(*argv) -> str:
+        with pytest.raises(UserError) as info:
+            generate.main([str(a) for a in argv])
+        return str(info.value)
+
+    assert "not found" in error("--ckpt", tmp_path / "missing.pt")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    assert "not a checkpoint" in error("--ckpt", foreign)
+    assert "cannot load Hugging Face" in error("--hf", tmp_path / "no_such_dir")
+
+
+def test_cli_bad_checkpoint_exit_2(repo_root, tmp_path):
     corrupt = tmp_path / "bad.pt"
     corrupt.write_bytes(b"not a checkpoint")
-    result = subprocess.run([sys.executable, f"experiment/{script}", "--ckpt", str(corrupt)], cwd=repo_root,
+    result = subprocess.run([sys.executable, "experiment/generate.py", "--ckpt", str(corrupt)], cwd=repo_root,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{script}: error: ") and "corrupt" in lines[0]
-
-
-def test_bad_input_in_process(nd_ckpt, tmp_path):
-    from experiment import generate
-
-    def error(main, *argv) -> str:
-        with pytest.raises(UserError) as info:
-            main([str(a) for a in argv])
-        return str(info.value)
-
-    assert "--top-k" in error(generate.main, "--ckpt", nd_ckpt, "--top-k", "0")
-    assert "--temperature" in error(generate.main, "--ckpt", nd_ckpt, "--temperature", "0")
-    assert "--temperature" in error(generate.main, "--ckpt", nd_ckpt, "--temperature", "-1")
-    assert "--max-new-tokens" in error(generate.main, "--ckpt", nd_ckpt, "--max-new-tokens", "-5")
-    assert "--num-samples" in error(generate.main, "--ckpt", nd_ckpt, "--num-samples", "0")
-    assert "not found" in error(generate.main, "--ckpt", tmp_path / "missing.pt")
-    foreign = tmp_path / "foreign.pt"
-    torch.save({"weights": torch.zeros(2)}, foreign)
-    assert "not a checkpoint" in error(generate.main, "--ckpt", foreign)
-    assert "cannot load Hugging Face" in error(generate.main, "--hf", tmp_path / "no_such_dir")
+    assert len(lines) == 1 and lines[0].startswith("generate.py: error: ") and "corrupt" in lines[0]

@@ -1,7 +1,9 @@
-"""HellaSwag: file parsing, batched scorer == per-example reference == brute force, sharding, CLI."""
+"""HellaSwag: file parsing (both formats), the two conventions against independent per-example loops,
+lm-eval's truncation, batched scorer == per-example reference, the precision rule, sharding, CLI."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -14,10 +16,12 @@ import torch.nn.functional as F
 from models import build_model
 from utils.cli import UserError
 from utils.hellaswag import (
+    HELLASWAG_CONVENTIONS,
     default_hellaswag_path,
     download_hellaswag,
     evaluate_hellaswag,
     load_hellaswag,
+    predictions,
     score_examples,
 )
 from utils.tokenizer import get_encoding
@@ -51,49 +55,84 @@ def reference(model, examples):
     return score_examples(model, examples, per_example=True)
 
 
-def counts(sums, means, examples):
+def counts(sums, n_tokens, examples, convention="seed"):
     labels = torch.tensor([ex["label"] for ex in examples])
-    return int((sums.argmin(1) == labels).sum()), int((means.argmin(1) == labels).sum())
+    pred, pred_norm = predictions(examples, sums, n_tokens, convention)
+    return int((pred == labels).sum()), int((pred_norm == labels).sum())
 
 
-def brute_force(model, example, block_size):
-    """Summed and mean loss of each ending, one unpadded row per forward, written independently."""
+def seed_brute_force(model, example, block_size):
+    """Summed and mean loss of each ending, one unpadded row per forward, written independently:
+    context without label, " " + ending, lm-eval's window of the last block_size + 1 tokens."""
     enc = get_encoding()
     ctx = enc.encode_ordinary(example["ctx"])
     sums, means = [], []
     for ending in example["endings"]:
         end = enc.encode_ordinary(" " + ending)
-        tokens = torch.tensor(ctx + end)[-block_size:]
+        window = torch.tensor(ctx + end)[-(block_size + 1):]
         with torch.no_grad():
-            logits, _ = model(tokens[None])
+            logits, _ = model(window[None, :-1])
         logp = F.log_softmax(logits[0].float(), dim=-1)
-        n_end = min(len(end), len(tokens) - 1)
-        targets = tokens[-n_end:]
-        nll = -logp[-n_end - 1:-1].gather(1, targets[:, None]).squeeze(1)
+        n_end = min(len(end), len(window) - 1)
+        nll = -logp[-n_end:].gather(1, window[-n_end:, None]).squeeze(1)
         sums.append(nll.sum().item())
         means.append(nll.mean().item())
     return torch.tensor(sums), torch.tensor(means)
 
 
+def lm_eval_brute_force(model, example, block_size):
+    """(prediction by acc, prediction by acc_norm) the way lm-eval's HFLM + multiple_choice task compute
+    them: whole string encoded and split at the context's length, window [-(L+1):][:-1], logits of the
+    last len(continuation) positions, acc_norm = argmax(loglikelihood / len(choice))."""
+    enc = get_encoding()
+    context = example["query"]
+    lls = []
+    for choice in example["choices"]:
+        whole = enc.encode_ordinary(context + " " + choice)
+        cont = whole[len(enc.encode_ordinary(context)):]
+        inp = torch.tensor(whole[-(block_size + 1):][:-1])
+        with torch.no_grad():
+            logits, _ = model(inp[None])
+        logp = F.log_softmax(logits[0].float(), dim=-1)[len(inp) - len(cont):]
+        lls.append(logp.gather(1, torch.tensor(cont)[:, None]).sum().item())
+    lls = torch.tensor(lls)
+    lengths = torch.tensor([float(len(c)) for c in example["choices"]])
+    return int(lls.argmax()), int((lls / lengths).argmax())
+
+
 # ----------------------------------------------------------------------------- files
 
-def test_derived_file_drops_activity_prefix(derived_file, examples):
+def test_derived_file_keeps_both_views(derived_file, examples):
     raw = [json.loads(line) for line in derived_file.read_text().splitlines()[:N]]
     assert len(examples) == N
     for ex, rec in zip(examples, raw):
         prefix, rest = rec["ctx"].split(": ", 1)
-        assert ex["ctx"] == rest and not ex["ctx"].startswith(prefix + ":")
+        assert ex["ctx"] == rest and not ex["ctx"].startswith(prefix + ":")  # seed: no label
+        assert ex["query"] == rec["ctx"] and ex["choices"] == rec["endings"]  # lm-eval: label kept
         assert ex["endings"] == rec["endings"] and ex["label"] == rec["label"]
 
 
-def test_rowanz_format_keeps_ctx(tmp_path):
-    rec = {"ind": 1, "activity_label": "Cooking", "ctx_a": "Step: one.", "ctx_b": "then",
-           "ctx": "Step: one. then", "endings": ["a", "b", "c", "d"], "label": 2, "split": "val"}
+def test_rowanz_format_matches_lm_eval_process_docs(tmp_path):
+    """rowanz's fields go through our copy of lm-eval's preprocessing; compare with lm-eval's own."""
+    datasets = pytest.importorskip("datasets")
+    lm_eval = pytest.importorskip("lm_eval")
+    spec = importlib.util.spec_from_file_location(
+        "lm_eval_hellaswag_utils", f"{lm_eval.__path__[0]}/tasks/hellaswag/utils.py")
+    lm_utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lm_utils)
+    recs = [{"ind": 1, "activity_label": "Cooking", "ctx_a": "Step: one  [title] two.", "ctx_b": "then THE",
+             "ctx": "Step: one  [title] two. then THE", "label": 2, "split": "val",
+             "endings": [" a [header] b ", "b  c", "[step] c", "d"]},
+            {"ind": 2, "activity_label": "Ski", "ctx_a": "A man skis.", "ctx_b": "", "ctx": "A man skis. ",
+             "label": "1", "split": "val", "endings": ["x", "y", "z", "w"]}]
     path = tmp_path / "hellaswag_val.jsonl"
-    path.write_text(json.dumps(rec) + "\n\n" + json.dumps({**rec, "label": "1"}) + "\n")
+    path.write_text("\n\n".join(json.dumps(r) for r in recs) + "\n")
     loaded = load_hellaswag(path)
-    assert [ex["ctx"] for ex in loaded] == ["Step: one. then"] * 2
+    theirs = lm_utils.process_docs(datasets.Dataset.from_list([{**r, "label": str(r["label"])} for r in recs]))
+    assert [ex["ctx"] for ex in loaded] == [r["ctx"] for r in recs]  # seed: rowanz's ctx as is
     assert [ex["label"] for ex in loaded] == [2, 1]
+    assert [ex["query"] for ex in loaded] == theirs["query"]
+    assert [ex["choices"] for ex in loaded] == theirs["choices"]
 
 
 @pytest.mark.parametrize("bad", [
@@ -124,10 +163,14 @@ def test_missing_file_and_bad_limit(tmp_path, derived_file):
     assert default_hellaswag_path().is_file()
 
 
-def test_limit(derived_file, examples):
+def test_limit_and_convention_names(derived_file, examples):
     assert load_hellaswag(derived_file, limit=7) == examples[:7]
-    result = evaluate_hellaswag(tiny_gpt(), derived_file, limit=5, amp=False, progress=False)
-    assert result["n"] == 5
+    for convention in HELLASWAG_CONVENTIONS:
+        result = evaluate_hellaswag(tiny_gpt(), derived_file, limit=5, amp=False, progress=False,
+                                    convention=convention)
+        assert result["n"] == 5 and result["convention"] == convention
+    with pytest.raises(UserError, match="convention"):
+        evaluate_hellaswag(tiny_gpt(), examples[:2], convention="leaderboard")
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -136,34 +179,64 @@ def test_batched_counts_equal_per_example_reference(model, examples, reference):
     # batch 16 does not divide N = 40
     result = evaluate_hellaswag(model, examples, batch_size=16, amp=False, progress=False)
     correct, correct_norm = counts(*reference, examples)
-    assert result == {"acc": correct / N, "acc_norm": correct_norm / N, "n": N}
-    sums, means = score_examples(model, examples[:11], batch_size=3, amp=False)
+    assert result == {"acc": correct / N, "acc_norm": correct_norm / N, "n": N, "convention": "seed"}
+    sums, n_tokens = score_examples(model, examples[:11], batch_size=3, amp=False)
     torch.testing.assert_close(sums, reference[0][:11], rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(means, reference[1][:11], rtol=1e-5, atol=1e-5)
+    assert torch.equal(n_tokens, reference[1][:11])
 
 
-def test_scores_match_brute_force(model, examples):
-    sums, means = score_examples(model, examples[:4], batch_size=3, amp=False)
+def test_seed_scores_match_brute_force(model, examples):
+    sums, n_tokens = score_examples(model, examples[:4], batch_size=3, amp=False)
     for i, ex in enumerate(examples[:4]):
-        bf_sums, bf_means = brute_force(model, ex, 64)
+        bf_sums, bf_means = seed_brute_force(model, ex, 64)
         torch.testing.assert_close(sums[i], bf_sums, rtol=1e-5, atol=1e-4)
-        torch.testing.assert_close(means[i], bf_means, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sums[i] / n_tokens[i], bf_means, rtol=1e-5, atol=1e-5)
 
 
-def test_left_truncation_to_block_size(examples):
+@pytest.mark.parametrize("block_size", [64, 16])  # 16: most rows are truncated
+def test_lm_eval_convention_matches_independent_loop(examples, block_size):
+    model = tiny_gpt(block_size=block_size, seed=2)
+    enc = get_encoding()  # lm-eval refuses an ending longer than the block size
+    subset = [ex for ex in examples if all(len(enc.encode_ordinary(" " + c)) <= block_size
+                                           for c in ex["choices"])][:12]
+    assert len(subset) == 12
+    expected = [lm_eval_brute_force(model, ex, block_size) for ex in subset]
+    labels = [ex["label"] for ex in subset]
+    result = evaluate_hellaswag(model, subset, batch_size=7, amp=False, progress=False, convention="lm-eval")
+    assert result["acc"] == sum(p == y for (p, _), y in zip(expected, labels)) / 12
+    assert result["acc_norm"] == sum(p == y for (_, p), y in zip(expected, labels)) / 12
+    sums, n_tokens = score_examples(model, subset, batch_size=7, convention="lm-eval")
+    pred, pred_norm = predictions(subset, sums, n_tokens, "lm-eval")
+    assert pred.tolist() == [p for p, _ in expected] and pred_norm.tolist() == [p for _, p in expected]
+
+
+def test_truncation_keeps_last_block_size_plus_one_tokens(examples):
     short = tiny_gpt(block_size=16, seed=1)
     long_ones = [ex for ex in examples if len(get_encoding().encode_ordinary(ex["ctx"])) > 16][:3]
     assert long_ones
-    sums, means = score_examples(short, long_ones, batch_size=2, amp=False)
+    sums, n_tokens = score_examples(short, long_ones, batch_size=2)
+    ref_sums, _ = score_examples(short, long_ones, per_example=True)
     for i, ex in enumerate(long_ones):
-        bf_sums, bf_means = brute_force(short, ex, 16)
+        bf_sums, bf_means = seed_brute_force(short, ex, 16)
         torch.testing.assert_close(sums[i], bf_sums, rtol=1e-5, atol=1e-4)
-        torch.testing.assert_close(means[i], bf_means, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sums[i] / n_tokens[i], bf_means, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ref_sums[i], bf_sums, rtol=1e-5, atol=1e-4)
 
 
-def test_amp_close_to_fp32(model, examples, reference):
-    sums, means = score_examples(model, examples[:8], batch_size=8, amp=True)
-    torch.testing.assert_close(means, reference[1][:8], rtol=0.05, atol=0.05)
+def test_amp_follows_the_precision_rule(model, examples, reference, monkeypatch):
+    import utils.hellaswag as hs
+    import utils.precision as precision
+
+    seen = []
+    real = hs.autocast
+    monkeypatch.setattr(hs, "autocast", lambda device, enabled: seen.append(enabled) or real(device, enabled))
+    for fast in (False, True):
+        monkeypatch.setattr(precision, "cpu_bf16_is_fast", lambda fast=fast: fast)
+        evaluate_hellaswag(model, examples[:2], progress=False)  # amp=None: the rule
+        evaluate_hellaswag(model, examples[:2], progress=False, amp=not fast)  # the flag wins
+    assert seen == [False, True, True, False]
+    sums, _ = score_examples(model, examples[:8], batch_size=8, amp=True)
+    torch.testing.assert_close(sums, reference[0][:8], rtol=0.05, atol=0.5)
 
 
 def test_rank_sharding_adds_up(model, examples, reference):
@@ -190,7 +263,7 @@ def test_wrapped_model_and_mode_restored(examples, reference):
     model.train()
     result = evaluate_hellaswag(Wrapper(model), examples[:10], amp=False, progress=False)
     correct, correct_norm = counts(reference[0][:10], reference[1][:10], examples[:10])
-    assert result == {"acc": correct / 10, "acc_norm": correct_norm / 10, "n": 10}
+    assert result == {"acc": correct / 10, "acc_norm": correct_norm / 10, "n": 10, "convention": "seed"}
     assert model.training
     model.eval()
     evaluate_hellaswag(model, examples[:2], amp=False, progress=False)
@@ -218,14 +291,28 @@ def test_download_from_file_url_and_offline(tmp_path, monkeypatch):
     assert path.read_text() == src.read_text()  # the cached file survives a failed re-download
 
 
-def test_cli(repo_root, tmp_path):
-    run = lambda *a: subprocess.run([sys.executable, "data/hellaswag.py", *a], cwd=repo_root,  # noqa: E731
-                                    capture_output=True, text=True, timeout=60)
-    helped = run("--help")
-    assert helped.returncode == 0 and "--out-dir" in helped.stdout
+def test_cli(repo_root, tmp_path, capsys):
+    from data.hellaswag import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0 and "--out-dir" in capsys.readouterr().out
+    src = tmp_path / "src" / "hellaswag_val.jsonl"
+    src.parent.mkdir()
+    src.write_text(json.dumps({"ctx": "A: b", "endings": ["a", "b", "c", "d"], "label": 0}) + "\n")
+    main(["--out-dir", str(tmp_path / "out"), "--url", src.as_uri()])
+    assert "1 examples" in capsys.readouterr().out
+    assert (tmp_path / "out" / "hellaswag_val.jsonl").read_text() == src.read_text()
+    main(["--check", str(src)])
+    assert "1 valid" in capsys.readouterr().out
     existing = tmp_path / "hellaswag_val.jsonl"
     existing.write_text("keep me")
+    with pytest.raises(UserError, match=f"{existing}:1"):
+        main(["--check", str(existing)])
+    with pytest.raises(UserError, match="is a file"):
+        main(["--out-dir", str(existing / "sub"), "--url", src.as_uri()])
     missing_url = (tmp_path / "missing" / "hellaswag_val.jsonl").as_uri()
-    failed = run("--out-dir", str(tmp_path), "--force", "--url", missing_url)
+    failed = subprocess.run([sys.executable, "data/hellaswag.py", "--out-dir", str(tmp_path), "--force", "--url",
+                             missing_url], cwd=repo_root, capture_output=True, text=True, timeout=60)
     assert failed.returncode == 2 and failed.stderr.startswith("hellaswag.py: error:")
-    assert "Traceback" not in failed.stderr and existing.read_text() == "keep me"
+    assert len(failed.stderr.strip().splitlines()) == 1 and existing.read_text() == "keep me"

@@ -1,25 +1,32 @@
-"""HellaSwag validation accuracy of a GPT (SPEC section 4).
+"""HellaSwag validation accuracy of a GPT (SPEC section 4), in two named conventions.
 
-Each example is scored as 4 rows: context tokens + tokens of (" " + ending). The loss is taken over
-the ending tokens only; ``acc`` picks the ending with the lowest summed loss, ``acc_norm`` (the
-headline number) the lowest mean loss per token.
+Each example is 4 rows, context + " " + ending; a row's score is the summed loss (negative log-likelihood)
+of its ending tokens, and ``acc`` picks the ending with the lowest sum. The conventions differ in the
+context and in ``acc_norm``:
 
-Two scorers give the same counts:
+* ``"seed"`` (build-nanogpt's and the original NdGPT-2's; the training-log number): the context without
+  its ``activity_label: `` prefix; ``acc_norm`` picks the lowest loss per ending token.
+* ``"lm-eval"`` (lm-evaluation-harness's ``hellaswag`` task, what leaderboards publish): the context
+  ``"activity_label: ctx"`` with lm-eval's preprocessing, context + ending encoded as one string and split
+  at the context's token count (lm-eval's ``_encode_pair``); ``acc_norm`` picks the highest
+  log-likelihood per character of the ending (``len(ending)`` without the leading space, as lm-eval's
+  ``acc_norm``; the UTF-8 byte count differs only for the few non-ASCII endings).
 
-* the batched one (``evaluate_hellaswag``): several examples per forward, right padding, examples
-  sorted by length to cut the padding, and the LM head applied only at the positions that predict
-  an ending token (most positions are context, and the head is the widest matmul of the model);
-* the reference one (``per_example=True``): one example (4 rows) per forward, full logits, fp32 —
-  what build-nanogpt and the original NdGPT-2 did. Tests and bench/bench_hellaswag.py compare them.
+Rows longer than the block size L follow lm-eval's truncation in both conventions: keep the last L + 1
+tokens of context + ending; the model reads the first L of them and is scored on the ending tokens among
+the last L. (HellaSwag's longest row is 151 tokens, so at L >= 151 nothing is cut.)
 
-Files: the original rowanz ``hellaswag_val.jsonl`` or the llama.cpp-derived jsonl in
-``../shared/data/hellaswag/`` (its ctx carries an ``activity_label: `` prefix that we drop).
+Batched scorer: examples sorted by length, right padding, the LM head only where an ending token is
+predicted; ``per_example=True`` is the fp32 reference (one example per forward, full logits). Files: the
+original rowanz ``hellaswag_val.jsonl`` (activity_label, ctx_a, ctx_b, ctx, endings, label) or the
+llama.cpp-derived jsonl in ``../shared/data/hellaswag/`` (ctx = "activity_label: ctx", preprocessed).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -30,6 +37,7 @@ from tqdm import tqdm
 
 from utils.checkpoint import unwrap
 from utils.cli import UserError
+from utils.precision import autocast, resolve_amp
 from utils.tokenizer import get_encoding
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,13 +45,15 @@ HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/d
 LOCAL_VAL = REPO / "data" / "hellaswag" / "hellaswag_val.jsonl"
 SHARED_VAL = REPO.parent / "shared" / "data" / "hellaswag" / "hellaswag_val_llamacpp_derived.jsonl"
 SHARED_HINT = "../shared/data/hellaswag/hellaswag_val_llamacpp_derived.jsonl"
+HELLASWAG_CONVENTIONS = ("seed", "lm-eval")
 
 
 # ----------------------------------------------------------------------------- files
 
 def load_hellaswag(path, limit: int | None = None) -> list[dict]:
-    """``[{"ctx": str, "endings": [4 str], "label": int}, ...]`` from a HellaSwag jsonl file
-    (the first ``limit`` examples if given). Any malformed line is a UserError naming file:line."""
+    """``[{"ctx", "endings", "label", "query", "choices"}, ...]`` from a HellaSwag jsonl file (the first
+    ``limit`` examples if given): ctx/endings as the seed scores them, query/choices as lm-eval does.
+    Any malformed line is a UserError naming file:line."""
     path = Path(path)
     if limit is not None and limit < 1:
         raise UserError(f"limit must be >= 1, got {limit}")
@@ -59,6 +69,13 @@ def load_hellaswag(path, limit: int | None = None) -> list[dict]:
     if not examples:
         raise UserError(f"{path} holds no HellaSwag examples")
     return examples
+
+
+def lm_eval_preprocess(text: str) -> str:
+    """lm-eval's hellaswag ``preprocess``: WikiHow's bracket artifacts removed."""
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub("\\[.*?\\]", "", text)
+    return text.replace("  ", " ")
 
 
 def _parse_record(line: str, where: str) -> dict:
@@ -80,17 +97,22 @@ def _parse_record(line: str, where: str) -> dict:
         label = int(label)
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label <= 3:
         raise UserError(f"{where}: label must be 0..3, got {record['label']!r}")
-    if "activity_label" not in record:
-        # llama.cpp-derived file: ctx is "activity_label: ctx"
+    if "activity_label" in record:  # rowanz's original: build lm-eval's query as its process_docs does
+        parts = record.get("ctx_a"), record.get("ctx_b")
+        raw = f"{parts[0]} {parts[1].capitalize()}" if all(isinstance(p, str) for p in parts) else ctx
+        query = lm_eval_preprocess(f"{record['activity_label']}: {raw}")
+        choices = [lm_eval_preprocess(e) for e in endings]
+    else:  # llama.cpp-derived file: ctx is "activity_label: ctx", already preprocessed
+        query, choices = ctx, endings
         _, sep, rest = ctx.partition(": ")
         ctx = rest if sep else ctx
-    return {"ctx": ctx, "endings": endings, "label": label}
+    return {"ctx": ctx, "endings": endings, "label": label, "query": query, "choices": choices}
 
 
 def download_hellaswag(out_dir="data/hellaswag", url: str = HELLASWAG_VAL_URL, force: bool = False,
                        progress: bool = True) -> Path:
-    """Download the original validation jsonl into ``out_dir`` (temp file + rename, so an
-    interrupted download never leaves a partial file); an existing file is kept unless ``force``."""
+    """Download (or, for a file:// URL, copy) the validation jsonl into ``out_dir`` through a temp file,
+    so an interrupted download never leaves a partial file; an existing file is kept unless ``force``."""
     out_dir = Path(out_dir)
     dest = out_dir / Path(url).name
     if dest.is_file() and not force:
@@ -139,127 +161,6 @@ def default_hellaswag_path(path=None) -> Path:
                         f"{e}") from e
 
 
-# ----------------------------------------------------------------------------- scoring
-
-def encode_example(example: dict, block_size: int) -> list[tuple[list[int], int]]:
-    """For each ending: (tokens of ctx + " " + ending cut to ``block_size`` from the left,
-    number of leading context tokens left after the cut)."""
-    enc = get_encoding()
-    ctx = enc.encode_ordinary(example["ctx"])
-    rows = []
-    for ending in example["endings"]:
-        tokens = ctx + enc.encode_ordinary(" " + ending)
-        cut = max(0, len(tokens) - block_size)
-        rows.append((tokens[cut:], max(0, len(ctx) - cut)))
-    return rows
-
-
-def _pad_rows(rows: list[tuple[list[int], int]], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(idx (R, T) right-padded, targets (R, T): the next token, scored (R, T) bool: position t
-    predicts an ending token)."""
-    T = max(len(tokens) for tokens, _ in rows)
-    idx = torch.zeros(len(rows), T, dtype=torch.long)
-    scored = torch.zeros(len(rows), T, dtype=torch.bool)
-    for r, (tokens, n_ctx) in enumerate(rows):
-        idx[r, :len(tokens)] = torch.tensor(tokens)
-        # target t+1 is an ending token for t+1 >= n_ctx; position 0 predicts nothing
-        scored[r, max(n_ctx, 1) - 1:len(tokens) - 1] = True
-    targets = torch.roll(idx, -1, dims=1)
-    return idx.to(device), targets.to(device), scored.to(device)
-
-
-def _sum_and_mean(sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    counts = counts.to(sums.dtype)
-    sums = torch.where(counts > 0, sums, torch.inf)  # an ending with no scorable token never wins
-    return sums.view(-1, 4), (sums / counts.clamp(min=1)).view(-1, 4)
-
-
-def _score_batch(model, rows, device, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batched scorer: hidden states of all rows, LM head only where an ending token is predicted."""
-    idx, targets, scored = _pad_rows(rows, device)
-    device_type = idx.device.type
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp and device_type in ("cuda", "cpu")):
-        hidden = model.hidden_states(idx)
-        logits = model.lm_head(hidden[scored])
-    losses = F.cross_entropy(logits.float(), targets[scored], reduction="none")
-    row_of = torch.arange(len(rows), device=idx.device).unsqueeze(1).expand_as(scored)[scored]
-    sums = torch.zeros(len(rows), device=idx.device).index_add_(0, row_of, losses)
-    return _sum_and_mean(sums, scored.sum(1))
-
-
-def _score_one_example(model, rows, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference scorer for one example (4 rows): full logits, fp32, masked cross-entropy."""
-    idx, targets, scored = _pad_rows(rows, device)
-    logits, _ = model(idx)
-    losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-    losses = losses.view_as(targets)
-    return _sum_and_mean((losses * scored).sum(1), scored.sum(1))
-
-
-@torch.no_grad()
-def score_examples(model, examples: list[dict], *, batch_size: int = 16, device="cpu", amp: bool = True,
-                   per_example: bool = False, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed losses (N, 4), mean losses (N, 4)) of the endings of ``examples``, on the CPU.
-
-    ``per_example=True`` runs the fp32 reference (one example per forward, full logits; ignores
-    ``batch_size`` and ``amp``). The caller handles train/eval mode.
-    """
-    if batch_size < 1:
-        raise UserError(f"batch_size must be >= 1, got {batch_size}")
-    model = unwrap(model)
-    block_size = model.config.block_size
-    encoded = [encode_example(ex, block_size) for ex in examples]
-    sums, means = torch.empty(len(examples), 4), torch.empty(len(examples), 4)
-    with tqdm(total=len(examples), desc="hellaswag", unit="ex", disable=not progress) as bar:
-        if per_example:
-            for i, rows in enumerate(encoded):
-                s, m = _score_one_example(model, rows, device)
-                sums[i], means[i] = s.cpu(), m.cpu()
-                bar.update(1)
-        else:
-            # longest first: similar lengths share a batch (less padding), and a too-large
-            # batch runs out of memory on the first step rather than the last
-            order = sorted(range(len(encoded)), key=lambda i: -max(len(t) for t, _ in encoded[i]))
-            for start in range(0, len(order), batch_size):
-                chunk = order[start:start + batch_size]
-                s, m = _score_batch(model, [row for i in chunk for row in encoded[i]], device, amp)
-                sums[chunk], means[chunk] = s.cpu(), m.cpu()
-                bar.update(len(chunk))
-    return sums, means
-
-
-def evaluate_hellaswag(model, path, *, limit: int | None = None, batch_size: int = 16, device="cpu",
-                       amp: bool = True, rank: int = 0, world_size: int = 1, progress: bool = True,
-                       per_example: bool = False) -> dict:
-    """``{"acc", "acc_norm", "n"}`` of ``model`` (GPT, or a DDP / torch.compile wrapper of one).
-
-    ``path`` is a jsonl file or an already loaded list of examples. With ``world_size > 1`` rank r
-    scores examples r, r+W, ... and the counts are all-reduced when torch.distributed is initialised.
-    ``amp`` = bf16 autocast on the device; ``per_example=True`` = the slow fp32 reference scorer.
-    """
-    if not 0 <= rank < world_size:
-        raise UserError(f"rank {rank} out of range for world_size {world_size}")
-    examples = path if isinstance(path, list) else load_hellaswag(path, limit)
-    examples = examples[:limit] if limit is not None else examples
-    mine = examples[rank::world_size]
-    raw = unwrap(model)
-    was_training = raw.training
-    raw.eval()
-    try:
-        sums, means = score_examples(raw, mine, batch_size=batch_size, device=device, amp=amp,
-                                     per_example=per_example, progress=progress and rank == 0)
-    finally:
-        raw.train(was_training)
-    labels = torch.tensor([ex["label"] for ex in mine], dtype=torch.long)
-    correct = int((sums.argmin(1) == labels).sum()) if mine else 0
-    correct_norm = int((means.argmin(1) == labels).sum()) if mine else 0
-    counts = torch.tensor([correct, correct_norm, len(mine)], dtype=torch.long, device=device)
-    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(counts)
-    correct, correct_norm, n = counts.tolist()
-    return {"acc": correct / max(n, 1), "acc_norm": correct_norm / max(n, 1), "n": n}
-
-
 def load_hellaswag_if_found(path=None, limit: int | None = None, note=print) -> list[dict] | None:
     """The examples of ``path`` (a bad file is a UserError), or of the default copy; with no path and
     no copy found, ``note`` says why HellaSwag is skipped and None is returned."""
@@ -270,3 +171,134 @@ def load_hellaswag_if_found(path=None, limit: int | None = None, note=print) -> 
     except UserError as e:
         note(f"note: HellaSwag skipped ({e})")
         return None
+
+
+# ----------------------------------------------------------------------------- scoring
+
+def encode_example(example: dict, block_size: int, convention: str = "seed") -> list[tuple[list[int], int]]:
+    """For each ending: (the tokens kept of context + " " + ending, how many of them are context).
+    Rows longer than ``block_size`` keep their last block_size + 1 tokens (lm-eval's truncation)."""
+    enc = get_encoding()
+    rows = []
+    if convention == "seed":
+        ctx = enc.encode_ordinary(example["ctx"])
+        whole = [ctx + enc.encode_ordinary(" " + ending) for ending in example["endings"]]
+    else:  # lm-eval's _encode_pair: trailing spaces of the context move to the continuation
+        query = example.get("query", example["ctx"])
+        ctx = enc.encode_ordinary(query.rstrip())
+        whole = [enc.encode_ordinary(f"{query} {choice}") for choice in example.get("choices", example["endings"])]
+    for tokens in whole:
+        cut = max(0, len(tokens) - (block_size + 1))
+        rows.append((tokens[cut:], max(0, len(ctx) - cut)))
+    return rows
+
+
+def _pad_rows(rows: list[tuple[list[int], int]], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(idx (R, T): the tokens read, right-padded, targets (R, T): the next token, scored (R, T) bool:
+    position t predicts an ending token). The last token of a row is a target only."""
+    T = max(2, *(len(tokens) for tokens, _ in rows)) - 1
+    idx = torch.zeros(len(rows), T + 1, dtype=torch.long)
+    scored = torch.zeros(len(rows), T, dtype=torch.bool)
+    for r, (tokens, n_ctx) in enumerate(rows):
+        idx[r, :len(tokens)] = torch.tensor(tokens)
+        scored[r, max(n_ctx, 1) - 1:len(tokens) - 1] = True  # target t+1 is an ending token
+    return idx[:, :-1].to(device), idx[:, 1:].to(device), scored.to(device)
+
+
+def _score_batch(model, rows, device, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched scorer: hidden states of all rows, LM head only where an ending token is predicted."""
+    idx, targets, scored = _pad_rows(rows, device)
+    with autocast(idx.device, amp):
+        logits = model.lm_head(model.hidden_states(idx)[scored])
+    losses = F.cross_entropy(logits.float(), targets[scored], reduction="none")
+    row_of = torch.arange(len(rows), device=idx.device).unsqueeze(1).expand_as(scored)[scored]
+    return torch.zeros(len(rows), device=idx.device).index_add_(0, row_of, losses), scored.sum(1)
+
+
+def _score_one_example(model, rows, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference scorer for one example (4 rows): full logits, fp32, masked cross-entropy."""
+    idx, targets, scored = _pad_rows(rows, device)
+    logits, _ = model(idx)
+    losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+    return (losses.view_as(targets) * scored).sum(1), scored.sum(1)
+
+
+@torch.no_grad()
+def score_examples(model, examples: list[dict], *, batch_size: int = 16, device="cpu", amp: bool = False,
+                   per_example: bool = False, progress: bool = False,
+                   convention: str = "seed") -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed ending losses (N, 4), ending token counts (N, 4)) of ``examples``, on the CPU.
+
+    ``per_example=True`` runs the fp32 reference (one example per forward, full logits; ignores
+    ``batch_size`` and ``amp``). The caller handles train/eval mode.
+    """
+    if batch_size < 1:
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
+    model = unwrap(model)
+    encoded = [encode_example(ex, model.config.block_size, convention) for ex in examples]
+    sums, counts = torch.empty(len(examples), 4), torch.empty(len(examples), 4, dtype=torch.long)
+    with tqdm(total=len(examples), desc="hellaswag", unit="ex", disable=not progress) as bar:
+        if per_example:
+            for i, rows in enumerate(encoded):
+                s, c = _score_one_example(model, rows, device)
+                sums[i], counts[i] = s.cpu(), c.cpu()
+                bar.update(1)
+        else:
+            # longest first: similar lengths share a batch (less padding), and a too-large
+            # batch runs out of memory on the first step rather than the last
+            order = sorted(range(len(encoded)), key=lambda i: -max(len(t) for t, _ in encoded[i]))
+            for start in range(0, len(order), batch_size):
+                chunk = order[start:start + batch_size]
+                s, c = _score_batch(model, [row for i in chunk for row in encoded[i]], device, amp)
+                sums[chunk], counts[chunk] = s.view(-1, 4).cpu(), c.view(-1, 4).cpu()
+                bar.update(len(chunk))
+    return sums, counts
+
+
+def predictions(examples: list[dict], sums: torch.Tensor, counts: torch.Tensor,
+                convention: str = "seed") -> tuple[torch.Tensor, torch.Tensor]:
+    """(acc's choice, acc_norm's choice) per example: the lowest summed loss, and the lowest loss per
+    ending token ("seed") or per character of the ending ("lm-eval"). An ending with no scored token
+    never wins; ties go to the first ending, as numpy's argmax in lm-eval."""
+    sums = torch.where(counts > 0, sums, torch.inf)
+    if convention == "seed":
+        norm = counts.clamp(min=1).to(sums.dtype)
+    else:
+        norm = torch.tensor([[max(len(c), 1) for c in ex.get("choices", ex["endings"])] for ex in examples],
+                            dtype=sums.dtype).view(-1, 4)
+    return sums.argmin(1), (sums / norm).argmin(1)
+
+
+def evaluate_hellaswag(model, path_or_examples, *, limit: int | None = None, batch_size: int = 16,
+                       device="cpu", amp: bool | None = None, rank: int = 0, world_size: int = 1,
+                       progress: bool = True, convention: str = "seed", per_example: bool = False) -> dict:
+    """``{"acc", "acc_norm", "n", "convention"}`` of ``model`` (GPT, or a DDP / torch.compile wrapper).
+
+    ``path_or_examples`` is a jsonl file or a list from ``load_hellaswag``. ``convention`` is one of
+    HELLASWAG_CONVENTIONS (see the module docstring). With ``world_size > 1`` rank r scores examples
+    r, r+W, ... and the counts are all-reduced when torch.distributed is initialised. ``amp`` = bf16
+    autocast (None: utils.precision's rule for ``device``); ``per_example=True`` = the fp32 reference.
+    """
+    if convention not in HELLASWAG_CONVENTIONS:
+        raise UserError(f"unknown HellaSwag convention {convention!r}; choose {' or '.join(HELLASWAG_CONVENTIONS)}")
+    if not 0 <= rank < world_size:
+        raise UserError(f"rank {rank} out of range for world_size {world_size}")
+    examples = path_or_examples if isinstance(path_or_examples, list) else load_hellaswag(path_or_examples, limit)
+    mine = (examples[:limit] if limit is not None else examples)[rank::world_size]
+    raw = unwrap(model)
+    was_training = raw.training
+    raw.eval()
+    try:
+        sums, counts = score_examples(raw, mine, batch_size=batch_size, device=device,
+                                      amp=resolve_amp(device, amp), per_example=per_example,
+                                      progress=progress and rank == 0, convention=convention)
+    finally:
+        raw.train(was_training)
+    labels = torch.tensor([ex["label"] for ex in mine], dtype=torch.long)
+    pred, pred_norm = predictions(mine, sums, counts, convention)
+    totals = torch.tensor([int((pred == labels).sum()), int((pred_norm == labels).sum()), len(mine)],
+                          dtype=torch.long, device=device)
+    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(totals)
+    correct, correct_norm, n = totals.tolist()
+    return {"acc": correct / max(n, 1), "acc_norm": correct_norm / max(n, 1), "n": n, "convention": convention}
