@@ -182,6 +182,11 @@ class GPT(nn.Module):
         """Parameters with the tied head counted once."""
         return sum(p.numel() for p in self.parameters())
 
+    def embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Token + position embeddings of idx (B, T) at positions start..start+T-1: the first block's input."""
+        pos = torch.arange(start, start + idx.size(1), device=idx.device)
+        return self.transformer.wte(idx) + self.transformer.wpe(pos)
+
     def hidden_states(self, idx: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
         """Final-LayerNorm output (B, T, C): what the LM head reads. With ``caches`` (one per layer,
         see generate) idx continues the cached positions."""
@@ -189,8 +194,7 @@ class GPT(nn.Module):
         start = caches[0].length if caches else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of length {start + T} exceeds block_size {self.config.block_size}")
-        pos = torch.arange(start, start + T, device=idx.device)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        x = self.embed(idx, start)
         for i, block in enumerate(self.transformer.h):
             x = block(x, caches[i] if caches else None)
         return self.transformer.ln_f(x)

@@ -74,9 +74,7 @@ def prune_wanda(model: nn.Module, calib_tokens: torch.Tensor, sparsity: float = 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    pos = torch.arange(calib_tokens.size(1), device=device)
-    wte, wpe = model.transformer.wte, model.transformer.wpe
-    xs = [wte(idx.to(device)) + wpe(pos) for idx in calib_tokens.split(batch_size)]  # block 0 inputs
+    xs = [model.embed(idx.to(device)) for idx in calib_tokens.split(batch_size)]  # block 0 inputs
     layers = []
     for block, linears in zip(tqdm(model.transformer.h, desc="wanda", unit="block", disable=not progress),
                               block_linears(model)):

