@@ -4,42 +4,26 @@ A checkpoint is a dict saved with ``torch.save``::
 
     {"format": "ndgpt2-checkpoint", "version": 1,
      "kind": "gpt" | "vit", "model_name": str, "config": dict,   # enough to rebuild the model
-     "model": state_dict, "step": int, ...anything else (optimizer, val_loss, data_state, rng,
-     pruning report)}
+     "model": state_dict, "step": int, ...anything else (train_config, val_loss, pruning report)
+     ...and, in a resumable training checkpoint, RESUME_KEYS (optimizer, data position, RNG)}
 
 Loading never needs the flags a model was trained with, and works on CPU for a GPU-saved file.
 """
 
 from __future__ import annotations
 
-import os
-import pickle
-import zipfile
+import dataclasses
+import typing
 from pathlib import Path
 
 import torch
 
 from utils.cli import UserError
+from utils.io import atomic_write
 
 FORMAT = "ndgpt2-checkpoint"
 VERSION = 1
-
-
-def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """Write to a temp file in the same directory, fsync, then rename: a crash never leaves a
-    half-written file under ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+RESUME_KEYS = ("optimizer", "data_state", "rng")  # what --resume needs beyond the model
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -53,13 +37,16 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
+def save_payload(path, payload: dict) -> None:
+    atomic_write(path, lambda f: torch.save(payload, f))
+
+
 def save_checkpoint(path, model, *, kind: str, model_name: str, **extra) -> None:
     """Save ``model`` (unwrapped) with its config and any extra fields, atomically."""
     model = unwrap(model)
     config = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(vars(model.config))
-    payload = {"format": FORMAT, "version": VERSION, "kind": kind, "model_name": model_name,
-               "config": config, "model": model.state_dict(), **extra}
-    atomic_torch_save(payload, path)
+    save_payload(path, {"format": FORMAT, "version": VERSION, "kind": kind, "model_name": model_name,
+                        "config": config, "model": model.state_dict(), **extra})
 
 
 def load_checkpoint(path, map_location="cpu", expect_kind: str | None = None) -> dict:
@@ -69,37 +56,78 @@ def load_checkpoint(path, map_location="cpu", expect_kind: str | None = None) ->
         raise UserError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
-            IndexError) as e:  # IndexError: the weights-only unpickler on some non-pickle bytes
-        raise UserError(f"cannot read checkpoint {path}: corrupt or not a PyTorch file "
-                        f"({str(e).splitlines()[0][:120]})") from e
+    except Exception as e:  # the unpickler fails on foreign bytes in many ways (KeyError: 101, IndexError...)
+        first = str(e).splitlines()[0][:120] if str(e) else ""
+        raise UserError(f"{path} is not a checkpoint: corrupt or not a PyTorch file "
+                        f"({type(e).__name__}: {first})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not a checkpoint of this repository (no '{FORMAT}' header)")
-    if ckpt.get("version", 0) > VERSION:
-        raise UserError(f"{path} has checkpoint version {ckpt['version']}; this code reads up to {VERSION}")
-    if expect_kind is not None and ckpt.get("kind") != expect_kind:
-        raise UserError(f"{path} holds a {ckpt.get('kind')!r} model ({ckpt.get('model_name')}), "
+    if not isinstance(ckpt.get("version"), int) or ckpt["version"] > VERSION:
+        raise UserError(f"{path} has checkpoint version {ckpt.get('version')!r}; this code reads up to {VERSION}")
+    for key, kind in (("kind", str), ("model_name", str), ("config", dict), ("model", dict)):
+        if not isinstance(ckpt.get(key), kind):
+            raise UserError(f"{path}: header field {key!r} is missing or not a {kind.__name__}")
+    if expect_kind is not None and ckpt["kind"] != expect_kind:
+        raise UserError(f"{path} holds a {ckpt['kind']!r} model ({ckpt['model_name']}), "
                         f"expected a {expect_kind!r} model")
     return ckpt
 
 
-def build_gpt_from_checkpoint(ckpt: dict):
-    """Rebuild a GPT (any preset, dense or pruned) from a loaded checkpoint dict."""
-    from models import GPT, GPTConfig
+def is_resumable(ckpt: dict) -> bool:
+    return all(key in ckpt for key in (*RESUME_KEYS, "step"))
 
-    config = GPTConfig(**ckpt["config"])
-    model = GPT(config)
+
+def strip_to_model(path) -> None:
+    """Rewrite a training checkpoint without its RESUME_KEYS (~1/3 of the size for AdamW): it stays
+    loadable for evaluation, generation and pruning, and can no longer be resumed."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if any(key in ckpt for key in RESUME_KEYS):
+        save_payload(path, {k: v for k, v in ckpt.items() if k not in RESUME_KEYS})
+
+
+def _type_ok(value, hint) -> bool:
+    if typing.get_origin(hint) is tuple:  # tuple[int, ...] (a list once it went through JSON)
+        return isinstance(value, (tuple, list)) and all(type(v) is int for v in value)
+    return type(value) is hint or (hint is float and type(value) is int)
+
+
+def gpt_config_from_dict(config: dict, where):
+    """GPTConfig from a checkpoint's config dict, validated field by field (one-line errors)."""
+    from models import GPTConfig
+
+    hints = typing.get_type_hints(GPTConfig)
+    names = [f.name for f in dataclasses.fields(GPTConfig)]
+    for key in config:
+        if key not in hints:
+            raise UserError(f"{where}: unknown model config key {key!r} (valid: {', '.join(names)})")
+    for key in names:
+        if key not in config:
+            raise UserError(f"{where}: model config key {key!r} is missing")
+        if not _type_ok(config[key], hints[key]):
+            raise UserError(f"{where}: model config key {key!r} should be {hints[key]}, "
+                            f"got {config[key]!r}")
+    try:
+        return GPTConfig(**config)
+    except ValueError as e:
+        raise UserError(f"{where}: {e}") from e
+
+
+def build_gpt_from_checkpoint(ckpt: dict, where="checkpoint"):
+    """Rebuild a GPT (any preset, dense or pruned) from a loaded checkpoint dict."""
+    from models import GPT
+
+    model = GPT(gpt_config_from_dict(ckpt["config"], where))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise UserError(f"checkpoint weights do not match its config: {str(e).splitlines()[0]}") from e
+        raise UserError(f"{where}: weights do not match its config: {str(e).splitlines()[0]}") from e
     return model
 
 
 def load_gpt(path, device: str = "cpu"):
     """(model on ``device`` in eval mode, checkpoint dict) for any GPT checkpoint of this repo."""
     ckpt = load_checkpoint(path, expect_kind="gpt")
-    model = build_gpt_from_checkpoint(ckpt).to(device).eval()
+    model = build_gpt_from_checkpoint(ckpt, path).to(device).eval()
     return model, ckpt
 
 
@@ -116,4 +144,3 @@ def load_any_gpt(ckpt_path: str | None, hf: str | None, device: str = "cpu"):
         raise UserError(f"cannot load Hugging Face GPT-2 {hf!r}: {type(e).__name__}: "
                         f"{str(e).splitlines()[0][:160] if str(e) else ''}") from e
     return model.to(device).eval(), f"HF {hf}"
-

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -139,3 +140,17 @@ def add_runtime_args(ap, seed: int | None = None) -> None:
                          "at least as fast as fp32, see utils/precision.py)")
     if seed is not None:
         ap.add_argument("--seed", type=int, default=seed, help=f"random seed (default {seed})")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line and exit code 2 through run_main (no usage block), and where a
+    value such as ``-1e-3`` or ``-inf`` reaches its type (which can reject it clearly) instead of being
+    taken for an option ("expected one argument")."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$",
+                                                   re.IGNORECASE)
+
+    def error(self, message):
+        raise UserError(message)

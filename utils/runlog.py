@@ -1,18 +1,22 @@
-"""The run-log format: one event per line.
+"""The run-log format: write, parse, truncate.
 
 A training log has one event per line, ``{step} train|val|hella {value}`` (see experiment/train_gpt.py
 and ../shared/data/seed_logs). Lines that do not fit are skipped and counted; when a step is logged
-twice (a resumed run), the last value wins. """
+twice (a resumed run), the last value wins. The samples file beside it holds blocks that start with
+``=== step N ===``. """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils.cli import UserError
+from utils.io import atomic_write
 
 KINDS = ("train", "val", "hella")
+FORMATS = {"train": ".6f", "val": ".4f", "hella": ".4f"}  # the original's precision per kind
 MAX_STEP = 10**9  # larger step numbers are corrupt lines, not runs
 VALID = {  # what a value of each kind can be: a loss is finite and >= 0, an accuracy lies in [0, 1]
     "train": lambda v: math.isfinite(v) and v >= 0,
@@ -80,3 +84,39 @@ def read_log(path: str | Path, label: str | None = None) -> RunLog:
     if run.n_events == 0:
         raise UserError(f"{path}: no train/val/hella events found ({run.n_malformed} malformed lines)")
     return run
+
+
+def format_event(step: int, kind: str, value: float) -> str:
+    return f"{step} {kind} {value:{FORMATS[kind]}}"
+
+
+def append_lines(path: str | Path, lines: list[str]) -> None:
+    with open(path, "a") as f:
+        f.write("".join(line + "\n" for line in lines))
+
+
+def truncate_log(path: str | Path, step: int) -> None:
+    """Keep what happened before checkpoint ``step`` was written: every line of earlier steps plus the
+    evaluation lines of ``step`` itself (they precede its checkpoint); drop torn lines and the rest."""
+    path = Path(path)
+    if path.is_file():
+        keep = [line.strip() + "\n" for line in path.read_text().splitlines()
+                if (e := parse_line(line)) and (e[0] < step or (e[0] == step and e[1] != "train"))]
+        atomic_write(path, "".join(keep))
+
+
+SAMPLE_HEADER = re.compile(r"^=== step (\d+) ===$")
+
+
+def truncate_samples(path: str | Path, step: int) -> None:
+    """Drop the sample blocks written after checkpoint ``step``."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    keep, current = [], 0
+    for line in path.read_text().splitlines(keepends=True):
+        if m := SAMPLE_HEADER.match(line.rstrip("\n")):
+            current = int(m[1])
+        if current <= step:
+            keep.append(line)
+    atomic_write(path, "".join(keep))
