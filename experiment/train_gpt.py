@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from experiment.train_summary import write_summary
+from experiment.train_summary import flops_per_token, peak_flops, write_summary
 from models.gpt2 import GPT
 from utils import rundir
 from utils import train_config as tc
@@ -287,7 +287,9 @@ def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
             hellaswag_n=len(hellaswag) if hellaswag is not None else None,
             tokens_per_sec=session_steps * cfg.total_batch / train_time if train_time > 0 else None,
             train_time=time_before["train"] + train_time, wall_time=time_before["wall"] + time.time() - wall_start,
-            final_checkpoint=rundir.checkpoint_path(out, cfg.max_steps).name)
+            final_checkpoint=rundir.checkpoint_path(out, cfg.max_steps).name,
+            flops_per_token=flops_per_token(n_params, model_config.n_layer, model_config.n_embd, cfg.seq_len),
+            peak=peak_flops(device, world))
         tqdm.write("\n" + table)
     del lock  # the run directory's lock is held until here
 

@@ -22,6 +22,24 @@ BASELINES = [
     ("GPT-3 1.3B (paper)", 1_300_000_000, None, 0.547),
 ]
 GPT2_TRAIN_TOKENS = 10e9  # one epoch of FineWeb-EDU sample-10BT
+# dense bf16 peak FLOP/s per GPU (vendor datasheets, SXM parts): the denominator of MFU
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
+
+
+def peak_flops(device: str, processes: int = 1) -> float | None:
+    """bf16 peak of ``processes`` known CUDA GPUs, else None (no MFU is reported on the CPU)."""
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    peak = next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+    return None if peak is None else peak * processes
+
+
+def flops_per_token(params: int, n_layer: int, n_embd: int, seq_len: int) -> int:
+    """Training FLOPs per token: 6N for the matmuls plus the attention scores (PaLM appendix B)."""
+    return 6 * params + 12 * n_layer * n_embd * seq_len
 
 
 def final_and_best(series: dict[int, float], best=min) -> dict:
@@ -57,12 +75,14 @@ def summary_table(stats: dict) -> str:
     lines.append(f"tokens seen {tokens:,} ({tokens / GPT2_TRAIN_TOKENS:.2%} of one 10B-token epoch), "
                  f"{fmt(stats['tokens_per_sec'], ',.0f')} tokens/s, wall time {stats['wall_time_s'] / 60:.1f} min, "
                  f"final checkpoint {stats['final_checkpoint']}")
+    if stats.get("mfu") is not None:
+        lines.append(f"MFU {stats['mfu']:.1%} of the bf16 peak ({stats['flops_per_token']:,} FLOPs per token)")
     return "\n".join(lines)
 
 
 def write_summary(out: Path, *, model: str, preset: str, params: int, tokens_per_step: int,
                   hellaswag_n: int | None, tokens_per_sec: float | None, train_time: float, wall_time: float,
-                  final_checkpoint: str) -> str:
+                  final_checkpoint: str, flops_per_token: int | None = None, peak: float | None = None) -> str:
     """Read the run's log (its current lineage), write summary.json and return the table."""
     log = read_log(out / "log.txt")
     val = final_and_best(log.series["val"], best=min)
@@ -71,7 +91,9 @@ def write_summary(out: Path, *, model: str, preset: str, params: int, tokens_per
     stats = {"model": model, "preset": preset, "params": params, "val_loss": val, "hellaswag": hella,
              "hellaswag_n": hellaswag_n, "tokens_seen": tokens_seen,
              "tokens_per_sec": tokens_per_sec if tokens_per_sec is not None else tokens_seen / max(train_time, 1e-9),
-             "train_time_s": train_time, "wall_time_s": wall_time, "final_checkpoint": final_checkpoint}
+             "train_time_s": train_time, "wall_time_s": wall_time, "final_checkpoint": final_checkpoint,
+             "flops_per_token": flops_per_token}
+    stats["mfu"] = (stats["tokens_per_sec"] * flops_per_token / peak) if flops_per_token and peak else None
     table = summary_table(stats)
     atomic_write_json(out / "summary.json", {**stats, "table": table.splitlines()})
     return table

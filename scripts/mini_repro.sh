@@ -1,66 +1,92 @@
 #!/usr/bin/env bash
-# The CPU mini-reproduction behind the README's results (2 CPU cores: ~1.5 h in all).
-#   bash scripts/mini_repro.sh [data|train|eval|prune|figures|all]   (default: all)
-# Same tokens, steps and seed for three models at 4 layers / 256 wide / T 256:
-# gpt2, ndgpt2 and the equal-parameter dense control gpt2-mlp1536. A stage that was cut off
-# continues where it stopped (training resumes from its newest checkpoint).
+# The CPU study behind the README's results: gpt2, ndgpt2 and the equal-parameter dense control
+# gpt2-mlp1536, three seeds each, on shuffled windows of 58 Project Gutenberg books, fp32.
+#
+#   bash scripts/mini_repro.sh [all|data|runs|figures]      (default: all)
+#
+# all     = data, then per seed and model: train -> final eval (-> sparsity sweep for seed 1), then figures.
+# Every stage continues where it stopped: a finished run, eval or sweep is skipped, a cut-off run resumes
+# from its newest checkpoint, a sweep reuses its finished reports. Checkpoints are not committed, so a run
+# whose eval/sweep is missing and whose checkpoint is gone (a new checkout) is trained again.
+# Env: SEEDS="1 2 3", ONLY="gpt2 ndgpt2 gpt2-mlp1536" to run a subset; DRY=1 prints the commands.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${NDGPT2_SHARED_DATA:-../shared/data}
-HELLA="$SHARED/hellaswag/hellaswag_val_llamacpp_derived.jsonl"
+DATA=data/prose
 OUT=logs/mini
-read -r -a MODELS <<< "${ONLY:-gpt2 ndgpt2 gpt2-mlp1536}"  # ONLY="gpt2" runs one model
-SIZE=(--n-layer 4 --n-head 4 --n-embd 256 --seq-len 256)
+read -r -a MODELS <<< "${ONLY:-gpt2 ndgpt2 gpt2-mlp1536}"
+read -r -a SEEDS <<< "${SEEDS:-1 2 3}"
+# 4 layers x 192 wide, T 256; 160 steps of 8,192 tokens = 1.31M tokens per run (a sixth of one epoch);
+# val loss every 10 steps on a fixed 32,768-token val subset; fp32 everywhere (see README).
+SIZE=(--n-layer 4 --n-head 4 --n-embd 192 --block-size 256 --seq-len 256)
+TRAIN=(--preset smoke --data "$DATA" --order windows --micro-batch 8 --total-batch 8192 --max-steps 160
+       --warmup-steps 16 --lr 1e-3 --min-lr 1e-4 --eval-every 10 --val-tokens 32768 --no-hellaswag
+       --keep-checkpoints 2 --full-checkpoints 1 --no-amp)
+FINAL_VAL=(--batches 256 --micro-batch 8 --seq-len 256)  # 524,288 held-out tokens
+SWEEP_VAL=(--val-batches 32 --val-batch-size 8 --calib-samples 128 --calib-len 256)  # 65,536 val tokens
 stage=${1:-all}
 
-if [[ $stage == data || $stage == all ]]; then
-  python data/fineweb.py --input "$SHARED"/text_corpus/*.txt --strip-gutenberg --val-docs 4 --seed 0 \
-    --out-dir data/prose --prefix prose --shard-size 10000000
-fi
+run() { echo "+ $*"; [[ -n ${DRY:-} ]] || "$@"; }
 
-if [[ $stage == train || $stage == all ]]; then
-  for m in "${MODELS[@]}"; do
-    resume=(); [[ -f $OUT/$m/log.txt ]] && resume=(--resume)
-    python experiment/train_gpt.py --model "$m" --preset smoke --data data/prose --out-dir "$OUT/$m" "${SIZE[@]}" \
-      --micro-batch 16 --total-batch 8192 --max-steps 160 --warmup-steps 16 --lr 1e-3 --min-lr 1e-4 \
-      --eval-every 40 --val-batches 10 --hellaswag "$HELLA" --hellaswag-limit 200 --seed 1337 \
-      --keep-checkpoints 1 "${resume[@]}"
-  done
-fi
+data() {
+  run python data/fineweb.py --input "$SHARED"/text_corpus/*.txt --strip-gutenberg --val-docs 4 --seed 0 \
+    --out-dir "$DATA" --prefix prose --shard-size 10000000 --workers 2
+}
 
-last_ckpt() { ls "$OUT/$1"/model_*.pt | sort | tail -n 1; }
+train() {  # model seed
+  local dir=$OUT/runs/$1-s$2 resume=()
+  [[ -f $(final_ckpt "$1" "$2") ]] && return 0
+  if compgen -G "$dir/model_*.pt" > /dev/null; then resume=(--resume); elif [[ -e $dir ]]; then resume=(--overwrite); fi
+  run python experiment/train_gpt.py --model "$1" --seed "$2" --out-dir "$dir" "${SIZE[@]}" "${TRAIN[@]}" "${resume[@]}"
+}
 
-if [[ $stage == eval || $stage == all ]]; then
-  for m in "${MODELS[@]}"; do  # dense models: all 10,042 HellaSwag examples (bf16 autocast)
-    [[ -f $OUT/$m/eval_full.json ]] && continue
-    python experiment/test_gpt.py --ckpt "$(last_ckpt "$m")" --data data/prose --batches 40 --amp \
-      --hellaswag "$HELLA" --json "$OUT/$m/eval_full.json"
-  done
-fi
+final_ckpt() { echo "$OUT/runs/$1-s$2/model_00160.pt"; }
 
-if [[ $stage == prune || $stage == all ]]; then
-  # Wanda and magnitude at 50% and 2:4; val loss on 20 x 8 x 256 val tokens, HellaSwag on the first
-  # 2,000 examples. The dense ("before") metrics are measured once per model and reused.
-  mkdir -p "$OUT/pruning"
-  for m in "${MODELS[@]}"; do
-    first=""
-    for method in wanda magnitude; do
-      for setting in "--sparsity 0.5" "--nm 2:4"; do
-        tag=$([[ $setting == --nm* ]] && echo 2of4 || echo 50pct)
-        report="$OUT/pruning/$m-$method-$tag.json"
-        reuse=(); [[ -n $first ]] && reuse=(--before-json "$first")
-        if [[ ! -f $report ]]; then
-          # shellcheck disable=SC2086
-          python pruning/wanda.py --ckpt "$(last_ckpt "$m")" --data data/prose --method "$method" $setting \
-            --calib-samples 128 --val-batches 20 --hellaswag "$HELLA" --limit 2000 --seed 0 \
-            --json "$report" "${reuse[@]}"
-        fi
-        first=${first:-$report}
-      done
+complete() {  # model seed: trained, evaluated and (seed 1) swept; then its checkpoint is no longer needed
+  [[ -f $OUT/runs/$1-s$2/summary.json && -f $OUT/eval/$1-s$2.json ]] && { [[ $2 != 1 ]] || [[ -f $OUT/sweep/$1/sweep.md ]]; }
+}
+
+evaluate() {  # model seed: final val loss on >= 500k held-out tokens, HellaSwag (seed convention) at 1,000
+  local report=$OUT/eval/$1-s$2.json
+  run python experiment/test_gpt.py --ckpt "$(final_ckpt "$1" "$2")" --data "$DATA" "${FINAL_VAL[@]}" --no-amp \
+    --limit 1000 --hellaswag-convention seed --seed 0 --json "$report"
+}
+
+sweep() {  # model: Wanda and both magnitude baselines at 10..70% and 2:4, 4:8 (finished reports are reused)
+  [[ -f $OUT/sweep/$1/sweep.md ]] && return 0
+  run python pruning/sweep.py --ckpt "$(final_ckpt "$1" 1)" --data "$DATA" "${SWEEP_VAL[@]}" --no-amp --seed 0 \
+    --out-dir "$OUT/sweep/$1"
+}
+
+figures() {
+  local logs=() labels=()
+  for m in gpt2 ndgpt2 gpt2-mlp1536; do
+    for s in 1 2 3; do
+      [[ -f $OUT/runs/$m-s$s/log.txt ]] && { logs+=("$OUT/runs/$m-s$s/log.txt"); labels+=("$m"); }
     done
   done
-fi
+  [[ ${#logs[@]} -gt 0 ]] || { echo "no runs in $OUT/runs yet"; return 0; }
+  local extra=()
+  compgen -G "$OUT/sweep/*/*.json" > /dev/null && extra+=(--pruning "$OUT"/sweep/*)
+  compgen -G "$OUT/eval/*.json" > /dev/null && extra+=(--evals "$OUT"/eval/*.json)
+  run python experiment/compare.py "${logs[@]}" --labels "${labels[@]}" "${extra[@]}" --out-dir "$OUT/plots"
+  run bash scripts/make_figures.sh
+}
 
-if [[ $stage == figures || $stage == all ]]; then
-  bash scripts/make_figures.sh
-fi
+case $stage in
+  data) data ;;
+  runs | all)
+    [[ $stage == all ]] && data
+    mkdir -p "$OUT/eval"
+    for s in "${SEEDS[@]}"; do
+      for m in "${MODELS[@]}"; do
+        complete "$m" "$s" && continue
+        train "$m" "$s"
+        [[ -f $OUT/eval/$m-s$s.json ]] || evaluate "$m" "$s"
+        if [[ $s == 1 ]]; then sweep "$m"; fi
+      done
+    done
+    [[ $stage == all ]] && figures ;;
+  figures) figures ;;
+  *) echo "usage: $0 [all|data|runs|figures]" >&2; exit 2 ;;
+esac
