@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from bench.common import interleaved_medians, machine_line, write_section
+from bench.common import interleaved_medians, machine_line, publish
 from models import build_model
 from utils.cli import positive_int, run_main
 
@@ -88,9 +88,7 @@ def main() -> None:
                      f" | {rate['cache'] / rate['no cache']:.2f}x | {rate['cache'] / rate['hf']:.2f}x | "
                      f"{'yes' if same else 'no'} |")
     body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        write_section("Sampling (bench/bench_generate.py)", body)
+    publish("Sampling (bench/bench_generate.py)", body, write=not args.no_write)
 
 
 if __name__ == "__main__":

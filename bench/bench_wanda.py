@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from bench.common import interleaved_medians, machine_line, write_section
+from bench.common import interleaved_medians, machine_line, publish
 from models import build_model
 from pruning.wanda import prune_wanda
 from utils.cli import UserError, run_main
@@ -65,9 +65,7 @@ def main() -> None:
                      f"{'yes' if ratio <= 3 else 'NO'} |")
         print(lines[-1], flush=True)
     body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        write_section("Wanda", body)
+    publish("Wanda", body, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -47,3 +47,10 @@ def write_section(name: str, body: str) -> None:
     pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     RESULTS.write_text(text.rstrip() + "\n")
+
+
+def publish(name: str, body: str, write: bool) -> None:
+    """Print a benchmark's table and, unless --no-write, store it as the ``## name`` section of RESULTS.md."""
+    print(body)
+    if write:
+        write_section(name, body)

@@ -9,7 +9,7 @@ Any checkpoint of this repo (any model, dense or Wanda-pruned; GPU-saved files l
 builtin corpus. HellaSwag: all 10,042 examples on CUDA; on other devices the first 1,000 unless
 --limit says otherwise (--limit 0 = all; ~30 min for a small model on a 2-core CPU). Two conventions
 (--hellaswag-convention): "seed" (no activity label, acc_norm per token: the training-log number) and
-"lm-eval" (label kept, acc_norm per byte: lm-evaluation-harness and its leaderboards).
+"lm-eval" (label kept, acc_norm per character of the ending, as lm-evaluation-harness computes it).
 The --json report has the schema of utils/report.py: pruning/wanda.py's "before" block for the same
 checkpoint and settings holds the same numbers.
 """

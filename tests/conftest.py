@@ -43,3 +43,18 @@ def corpus(tmp_path_factory):
     from utils.shards import prepare_builtin_corpus
 
     return prepare_builtin_corpus(tmp_path_factory.mktemp("data") / "builtin")
+
+
+def run_cli(capsys, main, prog: str, *args) -> tuple[int, str, str]:
+    """A script's ``main`` behind ``run_main``, in this process: (exit code, stdout, stderr). Saves a torch
+    import per case; subprocess tests cover the real process boundary."""
+    from utils.cli import run_main
+
+    capsys.readouterr()
+    try:
+        run_main(lambda: main([str(a) for a in args]), prog)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from models import build_model
+from tests.conftest import run_cli
 from utils.checkpoint import load_gpt, save_checkpoint
-from utils.cli import run_main
 from utils.hellaswag import HELLASWAG_CONVENTIONS, evaluate_hellaswag, load_hellaswag
 from utils.report import CONVENTIONS, CPU_HELLASWAG_LIMIT, hellaswag_limit, load_hellaswag_examples, read_report
 from utils.tokenizer import get_encoding
@@ -24,14 +24,7 @@ from utils.tokenizer import get_encoding
 def run_test_gpt(capsys, *args) -> tuple[int, str, str]:
     from experiment.test_gpt import main
 
-    capsys.readouterr()
-    try:
-        run_main(lambda: main([str(a) for a in args]), "test_gpt.py")
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(capsys, main, "test_gpt.py", *args)
 
 
 def test_test_gpt_counts_pruned_weights(nd_ckpt, corpus, tmp_path, capsys):

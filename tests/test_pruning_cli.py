@@ -15,6 +15,7 @@ import torch
 from models import build_model
 from pruning import sweep
 from pruning.wanda import main as wanda_main
+from tests.conftest import run_cli as run_cli_in_process
 from utils.checkpoint import load_gpt, save_checkpoint
 from utils.cli import run_main
 from utils.params import count_params
@@ -46,16 +47,7 @@ def run_cli(repo_root, *args):
 
 
 def run_in_process(capsys, *args) -> tuple[int, str, str]:
-    """The script's main behind run_main, in this process: (exit code, stdout, stderr). Saves a
-    torch import per case; the subprocess tests below cover the real process boundary."""
-    capsys.readouterr()
-    try:
-        run_main(lambda: wanda_main([str(a) for a in args]), "wanda.py")
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli_in_process(capsys, wanda_main, "wanda.py", *args)
 
 
 FAST = ("--calib-samples", 8, "--val-batches", 2, "--val-batch-size", 2, "--no-hellaswag", "--device", "cpu")

@@ -51,7 +51,7 @@ def add_hellaswag_args(ap, default_on: bool = True) -> None:
                         help="also evaluate HellaSwag (off by default: slow)")
     ap.add_argument("--hellaswag-convention", choices=("seed", "lm-eval", "both"), default="both",
                     help="seed: no activity label, acc_norm per token (the training-log number); lm-eval: "
-                         "label kept, acc_norm per byte (leaderboards); default both")
+                         "label kept, acc_norm per character, as lm-evaluation-harness computes it; default both")
 
 
 def hellaswag_limit(limit: int | None, device: str) -> int | None:
