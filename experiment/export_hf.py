@@ -1,6 +1,6 @@
 """Export a checkpoint of this repository (any model: dense, NdGPT-2, pruned) as a Hugging Face directory.
 
-    python experiment/export_hf.py --ckpt logs/gpt2-smoke/model_00199.pt --out exports/gpt2-smoke
+    python experiment/export_hf.py --ckpt logs/gpt2-smoke/model_00200.pt --out exports/gpt2-smoke
 
 The directory loads offline with transformers:
     AutoTokenizer.from_pretrained(DIR)

@@ -1,7 +1,7 @@
 """Sample text from a trained GPT checkpoint of this repo (any model, dense or pruned), an exported HF
 directory (experiment/export_hf.py) or an HF GPT-2.
 
-    python experiment/generate.py --ckpt logs/gpt2-smoke/model_00300.pt --prompt "The meaning of life is"
+    python experiment/generate.py --ckpt logs/gpt2-smoke/model_00200.pt --prompt "The meaning of life is"
     python experiment/generate.py --hf gpt2 --num-samples 2 --max-new-tokens 64     # OpenAI weights
 
 ``<|endoftext|>`` in --prompt is the end-of-text token (a document boundary), not plain text. Sampling

@@ -1,6 +1,6 @@
 """Evaluate a GPT: val loss + perplexity on token shards, and HellaSwag accuracy in both conventions.
 
-    python experiment/test_gpt.py --ckpt logs/gpt2-smoke/model_00300.pt
+    python experiment/test_gpt.py --ckpt logs/gpt2-smoke/model_00200.pt
     python experiment/test_gpt.py --ckpt pruned.pt --data data/edu_fineweb10B --batches 20 --json out.json
     python experiment/test_gpt.py --hf gpt2 --limit 0                       # OpenAI GPT-2 124M, all of HellaSwag
 

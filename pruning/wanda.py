@@ -1,6 +1,6 @@
 """Wanda pruning (arXiv 2306.11695) and two magnitude baselines for every GPT of this repository.
 
-    python pruning/wanda.py --ckpt logs/run/model_19072.pt --data data/edu_fineweb10B --out pruned.pt
+    python pruning/wanda.py --ckpt logs/gpt2-gpt2-124m/model_19073.pt --data data/edu_fineweb10B --out pruned.pt
     python pruning/wanda.py --hf gpt2 --data data/edu_fineweb10B --nm 2:4 --method magnitude-layer
 
 Wanda scores every weight of a Linear by S_ij = |W_ij| * ||X_j||_2, where X_j is the j-th input
