@@ -170,10 +170,12 @@ def test_ndgpt2_trains_and_resumes_without_model_flag(repo_root, corpus, tmp_pat
     assert series(out, "hella") == {}  # --no-hellaswag came with the checkpoint (a copy would be found)
 
 
-def test_compiled_cpu_run_and_resume(repo_root, corpus, tmp_path):
-    """torch.compile (inductor) on the CPU trains and resumes gpt2 (the plain loss is traced)."""
+@pytest.mark.parametrize("model", ["gpt2", "ndgpt2-82m"])
+def test_compiled_cpu_run_and_resume(repo_root, corpus, tmp_path, model):
+    """torch.compile (inductor) on the CPU trains and resumes (the plain loss is traced): a dense model, and
+    an NdLinear MLP on the general fast path (NdGPT-2's fused MLP under compile: tests/test_models.py)."""
     out = tmp_path / "compiled"
-    short = ["--max-steps", "2", "--eval-every", "1", "--compile", "--val-batches", "1"]
+    short = ["--model", model, "--max-steps", "2", "--eval-every", "1", "--compile", "--val-batches", "1"]
     first = train(repo_root, out, *short, data=corpus)
     assert first.returncode == 0, first.stderr[-3000:]
     resumed = train(repo_root, None, "--resume", str(out / "model_00002.pt"), "--max-steps", "3")
