@@ -34,6 +34,7 @@ from experiment.tables import (
     FULL_HELLASWAG,
     default_labels,
     eval_rows,
+    eval_seed_rows,
     group_by_label,
     load_reports,
     run_setting,
@@ -135,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         table("Pruning", PRUNING_HEADERS, pruning_rows(reports), n_left=3)
     if evals:
         table("Evaluation", EVAL_HEADERS, eval_rows(evals))
+        table("Held-out val loss over seeds", *eval_seed_rows(evals))
     atomic_write(args.out_dir / "summary.md", "\n".join(md))
     written.append("summary.md")
     print(f"\nwrote {', '.join(written)} to {args.out_dir}")

@@ -154,3 +154,26 @@ def eval_rows(evals: list[dict]) -> list[list[str]]:
                      fmt(m["perplexity"], ".1f"), f"{m['val_tokens']:,}", hellaswag_cell(m, "seed"),
                      hellaswag_cell(m, "lm-eval"), "/".join(map(str, sorted(n))) or "-"])
     return rows
+
+
+def eval_seed_rows(evals: list[dict], reference: str = "gpt2-mlp1536") -> tuple[list, list]:
+    """Per model: the held-out val loss of its evaluations (one per seed) as mean ± std, min, max, and the gap
+    of the mean to ``reference``'s with the standard error of a difference of two means."""
+    groups: dict[str, list[float]] = {}
+    for e in evals:
+        if e["metrics"]["val_loss"] is not None:
+            groups.setdefault(e["model"], []).append(e["metrics"]["val_loss"])
+    ref = groups.get(reference)
+
+    def sem2(values):  # squared standard error of the mean (0 with one value: no spread known)
+        return statistics.variance(values) / len(values) if len(values) > 1 else 0.0
+
+    headers = ["model", "seeds", "val loss mean", "± std", "min", "max", f"gap to {reference}", "± s.e."]
+    rows = []
+    for model, values in groups.items():
+        gap = None if ref is None or model == reference else statistics.fmean(values) - statistics.fmean(ref)
+        se = None if gap is None or len(values) < 2 or len(ref) < 2 else math.sqrt(sem2(values) + sem2(ref))
+        rows.append([model, str(len(values)), fmt(statistics.fmean(values), ".4f"),
+                     fmt(statistics.stdev(values) if len(values) > 1 else None, ".4f"), fmt(min(values), ".4f"),
+                     fmt(max(values), ".4f"), fmt(gap, "+.4f"), fmt(se, ".4f")])
+    return headers, rows

@@ -358,3 +358,18 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, repo_root):
         assert stderr.strip().startswith("compare.py: error:") and msg in stderr
         assert len(stderr.strip().splitlines()) == 1
     assert not out.exists()  # nothing is written when the input is bad
+
+
+def test_eval_seed_rows_mean_std_and_gap_with_its_standard_error():
+    from experiment.tables import eval_seed_rows
+
+    def report(model, loss):
+        return {"model": model, "metrics": {"val_loss": loss}}
+
+    evals = [report("a", 6.0), report("a", 6.2), report("gpt2-mlp1536", 5.9), report("gpt2-mlp1536", 6.1)]
+    headers, rows = eval_seed_rows(evals)
+    a, ref = rows
+    assert a[:6] == ["a", "2", "6.1000", f"{0.02 ** 0.5:.4f}", "6.0000", "6.2000"]  # sample std of 6.0, 6.2
+    # gap of the means 6.1 - 6.0; standard error sqrt(var_a/2 + var_ref/2) = sqrt(0.01 + 0.01)
+    assert a[6] == "+0.1000" and a[7] == f"{(0.02 / 2 + 0.02 / 2) ** 0.5:.4f}"
+    assert ref[6] == "-" and headers[6] == "gap to gpt2-mlp1536"
