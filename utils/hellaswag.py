@@ -43,7 +43,8 @@ from utils.tokenizer import get_encoding
 REPO = Path(__file__).resolve().parents[1]
 HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 LOCAL_VAL = REPO / "data" / "hellaswag" / "hellaswag_val.jsonl"
-SHARED_VAL = REPO.parent / "shared" / "data" / "hellaswag" / "hellaswag_val_llamacpp_derived.jsonl"
+SHARED_DATA = Path(os.environ.get("NDGPT2_SHARED_DATA", REPO.parent / "shared" / "data"))  # as tests and scripts
+SHARED_VAL = SHARED_DATA / "hellaswag" / "hellaswag_val_llamacpp_derived.jsonl"
 SHARED_HINT = "../shared/data/hellaswag/hellaswag_val_llamacpp_derived.jsonl"
 HELLASWAG_CONVENTIONS = ("seed", "lm-eval")
 
