@@ -62,12 +62,14 @@ figures() {
   local logs=() labels=()
   for m in gpt2 ndgpt2 gpt2-mlp1536; do
     for s in 1 2 3; do
-      [[ -f $OUT/runs/$m-s$s/log.txt ]] && { logs+=("$OUT/runs/$m-s$s/log.txt"); labels+=("$m"); }
+      [[ -f $OUT/runs/$m-s$s/summary.json ]] && { logs+=("$OUT/runs/$m-s$s/log.txt"); labels+=("$m"); }  # finished runs only
     done
   done
   [[ ${#logs[@]} -gt 0 ]] || { echo "no runs in $OUT/runs yet"; return 0; }
   local extra=()
-  compgen -G "$OUT/sweep/*/*.json" > /dev/null && extra+=(--pruning "$OUT"/sweep/*)
+  local sweeps=()
+  for m in gpt2 ndgpt2 gpt2-mlp1536; do [[ -f $OUT/sweep/$m/sweep.md ]] && sweeps+=("$OUT/sweep/$m"); done
+  [[ ${#sweeps[@]} -gt 0 ]] && extra+=(--pruning "${sweeps[@]}")
   compgen -G "$OUT/eval/*.json" > /dev/null && extra+=(--evals "$OUT"/eval/*.json)
   run python experiment/compare.py "${logs[@]}" --labels "${labels[@]}" "${extra[@]}" --out-dir "$OUT/plots"
   run bash scripts/make_figures.sh
