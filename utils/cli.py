@@ -83,13 +83,6 @@ def nonneg_int(text: str) -> int:
     return _number(int, text, low=0)
 
 
-def check_positive(**values) -> None:
-    """UserError for the first value that is not > 0 (None means unset and passes)."""
-    for name, value in values.items():
-        if value is not None and not value > 0:
-            raise UserError(f"--{name.replace('_', '-')} must be > 0, got {value}")
-
-
 # ----------------------------------------------------------------------------- paths
 
 def check_output_path(path: str | os.PathLike | None, flag: str, *, force: bool = False,
