@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import torch
 from utils.checkpoint import load_checkpoint
 from utils.cli import UserError
 from utils.runlog import parse_log, read_log, truncate_log
+from utils.shards import write_shards
 from utils.train_config import TRAIN_PRESETS, cosine_lr, for_resume, grad_accum_steps, val_steps
 
 SCRIPT = "experiment/train_gpt.py"
@@ -79,6 +81,18 @@ def test_resume_config_rules(tmp_path):
         with pytest.raises(UserError, match=f"--{name.replace('_', '-')} cannot change on resume"):
             for_resume(saved, {name: value}, allow_data_change=False, warn=warnings.append)
     assert for_resume(saved, {"order": "shards", "data": str(tmp_path / "a")}, False, warnings.append) == saved
+
+
+def test_resume_accepts_a_moved_copy_of_the_data(tmp_path):
+    """A shard directory copied elsewhere (same manifest) is the same data; another build is not."""
+    docs = [("val", ["one two three"] * 4), ("train", ["four five"] * 8)]
+    write_shards(tmp_path / "a", {"corpus": "x", "prefix": "t", "shard_size": 1000}, docs)
+    shutil.copytree(tmp_path / "a", tmp_path / "copy")
+    write_shards(tmp_path / "b", {"corpus": "y", "prefix": "t", "shard_size": 1000}, docs)
+    saved = replace(TRAIN_PRESETS["smoke"], data=str(tmp_path / "a"))
+    assert for_resume(saved, {"data": str(tmp_path / "copy")}, False, print).data == str(tmp_path / "copy")
+    with pytest.raises(UserError, match="--allow-data-change"):
+        for_resume(saved, {"data": str(tmp_path / "b")}, False, print)
 
 
 def test_truncate_log_keeps_the_evaluations_of_the_checkpoint_step(tmp_path):

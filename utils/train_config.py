@@ -15,6 +15,7 @@ from pathlib import Path
 from utils import rundir
 from utils.checkpoint import gpt_config_from_dict, is_resumable, load_checkpoint
 from utils.cli import REPO, UserError, nonneg_float, nonneg_int, positive_float, positive_int
+from utils.shards import read_manifest
 
 BUILTIN_DATA = REPO / "data" / "builtin"
 
@@ -109,7 +110,7 @@ def for_resume(saved: TrainConfig, flags: dict, allow_data_change: bool, warn) -
         if flags.get(name) is not None and flags[name] != getattr(saved, name):
             raise UserError(f"{flag(name)} cannot change on resume (the run has {getattr(saved, name)!r}); "
                             "start a new run in another --out-dir instead")
-    if flags.get("data") is not None and not same_path(flags["data"], saved.data):
+    if flags.get("data") is not None and not same_data(flags["data"], saved.data):
         if not allow_data_change:
             raise UserError(f"the run was trained on {saved.data}; pass --allow-data-change to continue it "
                             f"on {flags['data']}")
@@ -119,6 +120,14 @@ def for_resume(saved: TrainConfig, flags: dict, allow_data_change: bool, warn) -
 
 def same_path(a, b) -> bool:
     return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
+
+
+def same_data(a, b) -> bool:
+    """The same directory, or a moved/copied one: both finished with the same settings and shards."""
+    if same_path(a, b):
+        return True
+    ma, mb = read_manifest(a), read_manifest(b) if b is not None else None
+    return ma is not None and ma == mb
 
 
 def from_dict(saved: dict, where) -> TrainConfig:
