@@ -4,11 +4,13 @@
 #
 #   bash scripts/mini_repro.sh [all|data|runs|figures]      (default: all)
 #
-# all     = data, then per seed and model: train -> final eval (-> sparsity sweep for seed 1), then figures.
+# all     = data, then per seed and model: train -> final eval (-> sparsity sweep for seeds 1 and 2), then
+#           figures and the README's study tables.
 # Every stage continues where it stopped: a finished run, eval or sweep is skipped, a cut-off run resumes
 # from its newest checkpoint, a sweep reuses its finished reports. Checkpoints are not committed, so a run
 # whose eval/sweep is missing and whose checkpoint is gone (a new checkout) is trained again.
-# Env: SEEDS="1 2 3", ONLY="gpt2 ndgpt2 gpt2-mlp1536" to run a subset; DRY=1 prints the commands.
+# Env: SEEDS="1 2 3", ONLY="gpt2 ndgpt2 gpt2-mlp1536" to run a subset, SWEEP_SEEDS="1 2" the seeds that are
+# swept; DRY=1 prints the commands.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${NDGPT2_SHARED_DATA:-../shared/data}
@@ -16,6 +18,7 @@ DATA=data/prose
 OUT=logs/mini
 read -r -a MODELS <<< "${ONLY:-gpt2 ndgpt2 gpt2-mlp1536}"
 read -r -a SEEDS <<< "${SEEDS:-1 2 3}"
+SWEEP_SEEDS=" ${SWEEP_SEEDS:-1 2} "
 # 4 layers x 192 wide, T 256; 160 steps of 8,192 tokens = 1.31M tokens per run (a sixth of one epoch);
 # val loss every 10 steps on a fixed 32,768-token val subset; fp32 everywhere (see README).
 SIZE=(--n-layer 4 --n-head 4 --n-embd 192 --block-size 256 --seq-len 256)
@@ -42,8 +45,10 @@ train() {  # model seed
 
 final_ckpt() { echo "$OUT/runs/$1-s$2/model_00160.pt"; }
 
-complete() {  # model seed: trained, evaluated and (seed 1) swept; then its checkpoint is no longer needed
-  [[ -f $OUT/runs/$1-s$2/summary.json && -f $OUT/eval/$1-s$2.json ]] && { [[ $2 != 1 ]] || [[ -f $OUT/sweep/$1/sweep.md ]]; }
+swept() { [[ $SWEEP_SEEDS == *" $2 "* ]]; }  # model seed: is this run swept?
+
+complete() {  # model seed: trained, evaluated and (if swept) swept; then its checkpoint is no longer needed
+  [[ -f $OUT/runs/$1-s$2/summary.json && -f $OUT/eval/$1-s$2.json ]] && { ! swept "$1" "$2" || [[ -f $OUT/sweep/$1-s$2/sweep.md ]]; }
 }
 
 evaluate() {  # model seed: final val loss on >= 500k held-out tokens, HellaSwag (seed convention) at 1,000
@@ -52,10 +57,10 @@ evaluate() {  # model seed: final val loss on >= 500k held-out tokens, HellaSwag
     --limit 1000 --hellaswag-convention seed --seed 0 --json "$report"
 }
 
-sweep() {  # model: Wanda and both magnitude baselines at 10..70% and 2:4, 4:8 (finished reports are reused)
-  [[ -f $OUT/sweep/$1/sweep.md ]] && return 0
-  run python pruning/sweep.py --ckpt "$(final_ckpt "$1" 1)" --data "$DATA" "${SWEEP_VAL[@]}" --no-amp --seed 0 \
-    --out-dir "$OUT/sweep/$1"
+sweep() {  # model seed: Wanda and both magnitude baselines at 10..70% and 2:4, 4:8 (finished reports are reused)
+  [[ -f $OUT/sweep/$1-s$2/sweep.md ]] && return 0
+  run python pruning/sweep.py --ckpt "$(final_ckpt "$1" "$2")" --data "$DATA" "${SWEEP_VAL[@]}" --no-amp --seed 0 \
+    --out-dir "$OUT/sweep/$1-s$2"
 }
 
 figures() {
@@ -68,11 +73,12 @@ figures() {
   [[ ${#logs[@]} -gt 0 ]] || { echo "no runs in $OUT/runs yet"; return 0; }
   local extra=()
   local sweeps=()
-  for m in gpt2 ndgpt2 gpt2-mlp1536; do [[ -f $OUT/sweep/$m/sweep.md ]] && sweeps+=("$OUT/sweep/$m"); done
+  for d in "$OUT"/sweep/*/; do [[ -f $d/sweep.md ]] && sweeps+=("${d%/}"); done  # finished sweeps only
   [[ ${#sweeps[@]} -gt 0 ]] && extra+=(--pruning "${sweeps[@]}")
   compgen -G "$OUT/eval/*.json" > /dev/null && extra+=(--evals "$OUT"/eval/*.json)
   run python experiment/compare.py "${logs[@]}" --labels "${labels[@]}" "${extra[@]}" --out-dir "$OUT/plots"
   run bash scripts/make_figures.sh
+  run python scripts/study_readme.py --study "$OUT"  # the README's study tables
 }
 
 case $stage in
@@ -85,7 +91,7 @@ case $stage in
         complete "$m" "$s" && continue
         train "$m" "$s"
         [[ -f $OUT/eval/$m-s$s.json ]] || evaluate "$m" "$s"
-        if [[ $s == 1 ]]; then sweep "$m"; fi
+        if swept "$m" "$s"; then sweep "$m" "$s"; fi
       done
     done
     [[ $stage == all ]] && figures ;;

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 
 def test_gpu_study_logic_runs_tiny_on_cpu(repo_root, shared_data, corpus, tmp_path):
@@ -31,3 +32,18 @@ def test_gpu_study_logic_runs_tiny_on_cpu(repo_root, shared_data, corpus, tmp_pa
                            text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.json")} == before
+
+
+def test_readme_study_block_is_what_the_committed_logs_give(repo_root, tmp_path):
+    """The README's study tables are regenerated from logs/mini by scripts/study_readme.py (mini_repro's
+    figures stage); --check fails when they drift, and a rewrite restores them."""
+    script = [sys.executable, str(repo_root / "scripts" / "study_readme.py"), "--study", str(repo_root / "logs/mini")]
+    ok = subprocess.run([*script, "--check"], cwd=repo_root, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    stale = tmp_path / "README.md"
+    original = (repo_root / "README.md").read_text(encoding="utf-8")
+    stale.write_text(original.replace("<!-- study:begin -->\n", "<!-- study:begin -->\nan edit\n"), encoding="utf-8")
+    bad = subprocess.run([*script, "--readme", str(stale), "--check"], capture_output=True, text=True)
+    assert bad.returncode == 1 and "out of date" in bad.stdout
+    subprocess.run([*script, "--readme", str(stale)], check=True, capture_output=True)
+    assert stale.read_text(encoding="utf-8") == original

@@ -1,0 +1,120 @@
+"""Write the CPU study's tables into README.md, between ``<!-- study:begin -->`` and ``<!-- study:end -->``,
+from the committed reports in logs/mini (called by ``bash scripts/mini_repro.sh figures``).
+
+    python scripts/study_readme.py [--study logs/mini] [--readme README.md] [--check]
+
+--check exits 1 (and writes nothing) when README.md's block differs from what the reports give.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiment.tables import eval_seed_rows, load_reports  # noqa: E402
+from utils.cli import UserError, run_main  # noqa: E402
+from utils.io import atomic_write, markdown_table  # noqa: E402
+from utils.report import at_chance, setting_label  # noqa: E402
+
+MODELS = ("gpt2", "ndgpt2", "gpt2-mlp1536")
+METHODS = ("wanda", "magnitude-layer", "magnitude-row")
+SETTINGS = ("50%", "60%", "70%", "2:4", "4:8")
+BEGIN, END = "<!-- study:begin -->", "<!-- study:end -->"
+
+
+def mean_cell(values: list[float], spec: str) -> str:
+    if not values:
+        return "-"
+    cell = format(statistics.fmean(values), spec)
+    return cell + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
+
+
+def compute_hours(study: Path, evals: list[dict], sweeps: list[dict]) -> float:
+    """Seconds spent, as the run summaries and reports record them: training + final evals + sweeps."""
+    seconds = sum(json.loads(p.read_text())["wall_time_s"] for p in study.glob("runs/*/summary.json"))
+    seconds += sum(e["timings"]["eval_s"] for e in evals)
+    seconds += sum(sum(r["timings"].values()) for r in sweeps)
+    seconds += sum(r["timings"]["eval_s"] for r in load_reports(sorted(study.glob("sweep/*/dense.json")), "eval"))
+    return seconds / 3600
+
+
+def study_block(study: Path) -> str:
+    evals = sorted(load_reports(sorted(study.glob("eval/*.json")), "eval"),
+                   key=lambda e: (MODELS.index(e["model"]) if e["model"] in MODELS else len(MODELS), e["source"]))
+    sweeps = load_reports(sorted(study.glob("sweep/*/")), "pruning")
+    finished = sorted(p.parent.name for p in study.glob("runs/*/summary.json"))
+    if not evals:
+        raise UserError(f"no final evaluations in {study}/eval yet")
+    out = [f"{len(finished)} of {3 * len(MODELS)} training runs finished, {len(evals)} final evaluations, "
+           f"{len({(r['model'], r['source']) for r in sweeps})} sparsity sweeps; about "
+           f"{compute_hours(study, evals, sweeps):.1f} h of compute as the logs record it "
+           f"(`bash scripts/mini_repro.sh` continues anything missing).", ""]
+
+    headers, rows = eval_seed_rows(evals)
+    hella = {}
+    for e in evals:
+        h = e["metrics"]["hellaswag"].get("seed")
+        if h:
+            hella.setdefault(e["model"], []).append((h["acc_norm"], h["n"]))
+    headers.append("HellaSwag acc_norm")
+    for row in rows:
+        values = hella.get(row[0], [])
+        accs = sorted({f"{v:.3f}" for v, _ in values})
+        row.append("-" if not values else "–".join(accs[::len(accs) - 1 or 1])
+                   + (" (at chance)" if all(at_chance(v, n) for v, n in values) else ""))
+    out += ["Held-out val loss of the final models over seeds (524,288 tokens of the 4 val books, fp32; "
+            "gap = difference of the means, s.e. of that difference; HellaSwag on the first 1,000 examples, "
+            "`seed` convention):", "", markdown_table(headers, rows), ""]
+
+    runs = [[f"{e['model']}-s{Path(e['source']).parent.name.rsplit('-s', 1)[1]}", f"{e['metrics']['params_total']:,}",
+             f"{e['metrics']['val_loss']:.4f}", f"{e['metrics']['perplexity']:.1f}"]
+            for e in evals]
+    out += ["<details><summary>Per run</summary>", "",
+            markdown_table(["run", "params", "val loss", "perplexity"], runs), "", "</details>", ""]
+
+    deltas: dict[tuple, list[float]] = {}
+    for r in sweeps:
+        key = (r["model"], r["pruning"]["method"], setting_label(r["pruning"]))
+        deltas.setdefault(key, []).append(r["after"]["val_loss"] - r["before"]["val_loss"])
+    swept = {m for m, _, _ in deltas}
+    sweep_seeds = {m: sorted({Path(r["source"]).parent.name for r in sweeps if r["model"] == m}) for m in swept}
+    rows = [[m, method, *(mean_cell(deltas.get((m, method, s), []), "+.4f") for s in SETTINGS)]
+            for m in MODELS if m in swept for method in METHODS]
+    out += ["Pruning: Δ val loss against the dense model (65,536 val tokens; swept runs: "
+            + ", ".join(r for m in MODELS for r in sweep_seeds.get(m, []))
+            + "; 10–40% in `logs/mini/sweep/*/sweep.md`):", "",
+            markdown_table(["model", "method", *SETTINGS], rows, n_left=2), ""]
+    out += ["![val loss over tokens](logs/mini/plots/val_tokens.png)", "",
+            "![pruning sweeps](logs/mini/plots/sparsity.png)", "", ""]
+    return "\n".join(out)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--study", type=Path, default=Path("logs/mini"), help="the study's logs (default logs/mini)")
+    ap.add_argument("--readme", type=Path, default=Path("README.md"), help="the file to update (default README.md)")
+    ap.add_argument("--check", action="store_true", help="only compare; exit 1 if the README is out of date")
+    args = ap.parse_args(argv)
+    text = args.readme.read_text(encoding="utf-8")
+    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
+        raise UserError(f"{args.readme}: needs one {BEGIN} ... {END} block")
+    head, rest = text.split(BEGIN)
+    new = f"{head}{BEGIN}\n{study_block(args.study)}{END}{rest.split(END, 1)[1]}"
+    if args.check:
+        if new != text:
+            print(f"{args.readme}: the study block is out of date; run python scripts/study_readme.py")
+            sys.exit(1)
+        return
+    if new != text:
+        atomic_write(args.readme, new)
+    print(f"{args.readme}: study block {'updated' if new != text else 'up to date'}")
+
+
+if __name__ == "__main__":
+    run_main(main, "study_readme.py")
