@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.cli import UserError, pick_device, run_main
+from utils.cli import ArgumentParser, UserError, pick_device, positive_int, run_main
 from utils.params import count_params
 from utils.vision_data import evaluate, load_image_data, load_vit
 
@@ -21,13 +21,13 @@ PROG = "test_vit.py"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__,
+    p = ArgumentParser(prog=PROG, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint written by train_vit.py")
     p.add_argument("--data", default=None,
                    help="synthetic, cifar10 or PATH (default: the data the checkpoint was trained on)")
-    p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default 64)")
-    p.add_argument("--limit", type=int, help="evaluate only the first N test images")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="evaluation batch size (default 64)")
+    p.add_argument("--limit", type=positive_int, help="evaluate only the first N test images")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return p.parse_args(argv)
@@ -35,8 +35,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
-        raise UserError("--batch-size and --limit must be >= 1")
     device = pick_device(args.device)
     model, ckpt = load_vit(args.ckpt, device)
     data = load_image_data(args.data or ckpt.get("data", "synthetic"),

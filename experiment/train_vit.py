@@ -23,7 +23,15 @@ from tqdm import tqdm
 
 from models import VIT_NAMES, build_vit
 from utils.checkpoint import load_checkpoint, save_checkpoint
-from utils.cli import UserError, pick_device, run_main
+from utils.cli import (
+    ArgumentParser,
+    UserError,
+    nonneg_float,
+    pick_device,
+    positive_float,
+    positive_int,
+    run_main,
+)
 from utils.params import count_params
 from utils.seed import seed_everything
 from utils.vision_data import autocast, evaluate, iterate_batches, load_image_data
@@ -41,26 +49,26 @@ CKPT_RE = re.compile(r"model_(\d+)\.pt$")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__,
+    p = ArgumentParser(prog=PROG, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=VIT_NAMES, default=None, help="vit (ViT-S/16) or ndvit (default: vit)")
     p.add_argument("--data", default=None,
                    help="synthetic (default), cifar10 (Hugging Face hub), or PATH to cifar-10-batches-py "
                         "or a datasets.save_to_disk directory")
-    p.add_argument("--epochs", type=int, help="total epochs (default: 20 real data, 5 synthetic)")
-    p.add_argument("--batch-size", type=int, help="default: 32 real data, 64 synthetic")
-    p.add_argument("--lr", type=float,
+    p.add_argument("--epochs", type=positive_int, help="total epochs (default: 20 real data, 5 synthetic)")
+    p.add_argument("--batch-size", type=positive_int, help="default: 32 real data, 64 synthetic")
+    p.add_argument("--lr", type=positive_float,
                    help="AdamW learning rate (default: 1e-4 real data, as SPEC; 1e-3 synthetic)")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (torch default 0.01)")
-    p.add_argument("--image-size", type=int, help="model input size (default: 224 real data, 32 synthetic)")
-    p.add_argument("--patch-size", type=int, help="default: 16 real data, 8 synthetic")
-    p.add_argument("--width", type=int, help="default: 384 real data, 64 synthetic")
-    p.add_argument("--depth", type=int, help="default: 12 real data, 2 synthetic")
-    p.add_argument("--heads", type=int, help="default: 6 real data, 4 synthetic")
-    p.add_argument("--mlp-ratio", type=float,
+    p.add_argument("--weight-decay", type=nonneg_float, default=0.01, help="AdamW weight decay (torch default 0.01)")
+    p.add_argument("--image-size", type=positive_int, help="model input size (default: 224 real data, 32 synthetic)")
+    p.add_argument("--patch-size", type=positive_int, help="default: 16 real data, 8 synthetic")
+    p.add_argument("--width", type=positive_int, help="default: 384 real data, 64 synthetic")
+    p.add_argument("--depth", type=positive_int, help="default: 12 real data, 2 synthetic")
+    p.add_argument("--heads", type=positive_int, help="default: 6 real data, 4 synthetic")
+    p.add_argument("--mlp-ratio", type=positive_float,
                    help="MLP hidden / width (default 4; the original ran NdViT at 0.5)")
-    p.add_argument("--limit", type=int, help="use only the first N train and N test images (quick runs)")
-    p.add_argument("--synthetic-size", type=int, nargs=2, default=None, metavar=("TRAIN", "TEST"),
+    p.add_argument("--limit", type=positive_int, help="use only the first N train and N test images (quick runs)")
+    p.add_argument("--synthetic-size", type=positive_int, nargs=2, default=None, metavar=("TRAIN", "TEST"),
                    help="number of synthetic train / test images (default 2000 500, or the checkpoint's)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--seed", type=int, default=42, help="init and shuffling seed (default 42)")
@@ -94,12 +102,6 @@ def resolve_resume(args, out_dir: Path):
 
 def main(argv=None):
     args = parse_args(argv)
-    for name in ("epochs", "batch_size", "limit", "image_size", "patch_size", "width", "depth", "heads"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.synthetic_size is not None and min(args.synthetic_size) < 1:
-        raise UserError("--synthetic-size values must be >= 1")
     device = pick_device(args.device)
     out_dir = Path(args.out_dir or f"logs/vit-{args.model or 'vit'}")
     resumed = resolve_resume(args, out_dir)

@@ -235,3 +235,10 @@ def test_in_process_errors(tmp_path):
         test_vit.main(["--ckpt", str(tmp_path / "missing.pt")])
     with pytest.raises(UserError, match="corrupt"):
         load_vit(existing)
+    for flags, message in ((["--lr", "nan"], "finite"), (["--lr", "-1e-4"], "must be > 0"),
+                           (["--epochs", "0"], "must be >= 1"), (["--synthetic-size", "8", "0"], "must be >= 1")):
+        with pytest.raises(UserError, match=message):
+            train_vit.main([*flags, "--out-dir", str(tmp_path / "c")])
+    with pytest.raises(UserError, match="must be >= 1"):
+        test_vit.main(["--ckpt", str(existing), "--batch-size", "0"])
+    assert not (tmp_path / "c").exists()
