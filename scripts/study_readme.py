@@ -43,6 +43,29 @@ def compute_hours(study: Path, evals: list[dict], sweeps: list[dict]) -> float:
     return seconds / 3600
 
 
+def run_seed(report: dict) -> str:
+    """The seed of the run a report measured: its checkpoint's directory is logs/mini/runs/<model>-s<seed>."""
+    return Path(report["source"]).parent.name.rsplit("-s", 1)[1]
+
+
+def paired_gaps(evals: list[dict], reference: str = "gpt2-mlp1536") -> list[str]:
+    """Per model, the val-loss gap to ``reference`` seed by seed: seed k of every model trained on the same
+    windows in the same order, so the per-seed difference removes the data order's share of the spread."""
+    loss = {(e["model"], run_seed(e)): e["metrics"]["val_loss"] for e in evals}
+    rows = []
+    for model in dict.fromkeys(m for m, _ in loss):
+        gaps = [loss[model, s] - loss[reference, s] for m, s in loss if m == model and (reference, s) in loss]
+        if model == reference or not gaps:
+            continue
+        se = statistics.stdev(gaps) / len(gaps) ** 0.5 if len(gaps) > 1 else None
+        rows.append([model, str(len(gaps)), ", ".join(f"{g:+.4f}" for g in gaps), f"{statistics.fmean(gaps):+.4f}",
+                     "-" if se is None else f"{se:.4f}"])
+    if not rows:
+        return []
+    return ["The same gap paired by seed (seed k of every model saw the same training windows in the same order):",
+            "", markdown_table(["model", "seeds", f"gap to {reference} per seed", "mean", "± s.e."], rows)]
+
+
 def study_block(study: Path) -> str:
     evals = sorted(load_reports(sorted(study.glob("eval/*.json")), "eval"),
                    key=lambda e: (MODELS.index(e["model"]) if e["model"] in MODELS else len(MODELS), e["source"]))
@@ -71,7 +94,9 @@ def study_block(study: Path) -> str:
             "gap = difference of the means, s.e. of that difference; HellaSwag on the first 1,000 examples, "
             "`seed` convention):", "", markdown_table(headers, rows), ""]
 
-    runs = [[f"{e['model']}-s{Path(e['source']).parent.name.rsplit('-s', 1)[1]}", f"{e['metrics']['params_total']:,}",
+    out += paired_gaps(evals) + [""]
+
+    runs = [[f"{e['model']}-s{run_seed(e)}", f"{e['metrics']['params_total']:,}",
              f"{e['metrics']['val_loss']:.4f}", f"{e['metrics']['perplexity']:.1f}"]
             for e in evals]
     out += ["<details><summary>Per run</summary>", "",
