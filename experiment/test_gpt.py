@@ -11,41 +11,20 @@ builtin corpus. HellaSwag: all 10,042 examples on CUDA; on other devices the fir
 (--hellaswag-convention): "seed" (no activity label, acc_norm per token: the training-log number) and
 "lm-eval" (label kept, acc_norm per character of the ending, as lm-evaluation-harness computes it).
 The --json report has the schema of utils/report.py: pruning/wanda.py's "before" block for the same
-checkpoint and settings holds the same numbers.
+checkpoint and settings holds the same numbers. An existing --json file is refused unless --force.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.cli import (
-    REPO,
-    UserError,
-    add_model_source_args,
-    add_runtime_args,
-    check_output_path,
-    pick_device,
-    positive_int,
-    run_main,
-)
+from utils.cli import add_model_source_args, add_runtime_args, check_output_path, positive_int, run_main
 from utils.io import atomic_write_json
-from utils.precision import resolve_amp
-from utils.report import (
-    add_hellaswag_args,
-    conventions_of,
-    describe_block,
-    eval_report,
-    eval_settings,
-    evaluate_model,
-    load_hellaswag_examples,
-    load_model_source,
-)
-from utils.seed import seed_everything
+from utils.report import Evaluation, add_hellaswag_args, describe_block
 
 PROG = "test_gpt.py"
 
@@ -61,53 +40,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--seq-len", type=positive_int, default=None,
                     help="default: the model's block size, at most 1024")
     add_hellaswag_args(ap)
-    ap.add_argument("--json", default=None, metavar="OUT",
-                    help="also write the report here (overwritten if it exists)")
+    ap.add_argument("--json", default=None, metavar="OUT", help="also write the report here")
+    ap.add_argument("--force", action="store_true", help="overwrite an existing --json")
     add_runtime_args(ap, seed=0)
     return ap.parse_args(argv)
 
 
-def default_data(trained_on: str | None) -> str:
-    if trained_on and Path(trained_on).is_dir():
-        return trained_on
-    fineweb = REPO / "data" / "edu_fineweb10B"
-    if fineweb.is_dir():
-        return str(fineweb)
-    from utils.shards import prepare_builtin_corpus
-
-    return str(prepare_builtin_corpus(REPO / "data" / "builtin"))
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
-    check_output_path(args.json, "--json", force=True, inputs=(args.ckpt,))
-    device = pick_device(args.device)
-    amp = resolve_amp(device, args.amp)
-    seed_everything(args.seed)
-    examples, hellaswag_path, limit = load_hellaswag_examples(args, device, note=print)
-    model, header = load_model_source(args.ckpt, args.hf, device)
-    seq_len = args.seq_len or min(model.config.block_size, 1024)
-    if seq_len > model.config.block_size:
-        raise UserError(f"--seq-len {seq_len} exceeds the model's block size {model.config.block_size}")
-
-    from utils.loader import ShardLoader
-    data = args.data or default_data(header["trained_on"])
-    loader = ShardLoader(data, args.split, args.micro_batch, seq_len, shuffle=False,
-                         vocab_size=model.config.vocab_size)
-    conventions = () if examples is None else conventions_of(args.hellaswag_convention)
-    settings = eval_settings(data=data, split=args.split, batches=args.batches, batch_size=args.micro_batch,
-                             seq_len=seq_len, hellaswag=hellaswag_path, limit=limit, conventions=conventions,
-                             amp=amp, device=device)
-    print(f"{header['model']} from {header['source']} on {device} ({'bf16 autocast' if amp else 'fp32'})")
-    t0 = time.perf_counter()
-    metrics = evaluate_model(model, val_loader=loader, val_batches=args.batches, hellaswag_examples=examples,
-                             conventions=conventions, device=device, amp=amp)
+    check_output_path(args.json, "--json", force=args.force, inputs=(args.ckpt,))
+    ev = Evaluation(args)
+    seq_len = args.seq_len or min(ev.model.config.block_size, 1024)
+    ev.use_val(args.data, args.split, args.batches, args.micro_batch, seq_len, "--seq-len")
+    print(f"{ev.header['model']} from {ev.header['source']} on {ev.device} ({'bf16 autocast' if ev.amp else 'fp32'})")
+    metrics, seconds = ev.evaluate()
     split = "" if args.split == "val" else " (on the train split)"
     print(f"{metrics['params_total']:,} params ({metrics['params_nonzero']:,} nonzero) | "
           f"{describe_block(metrics)}{split}")
     if args.json:
-        atomic_write_json(args.json, eval_report(header, {"seed": args.seed, "eval": settings}, metrics,
-                                                 time.perf_counter() - t0))
+        atomic_write_json(args.json, ev.eval_report(args.seed, metrics, seconds))
         print(f"report: {args.json}")
 
 

@@ -18,7 +18,6 @@ learned two-branch function g(z) = w GELU(a z + c) + w' GELU(a' z + c'), at 96,1
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -190,7 +189,7 @@ class GPT(nn.Module):
     def hidden_states(self, idx: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
         """Final-LayerNorm output (B, T, C): what the LM head reads. With ``caches`` (one per layer,
         see generate) idx continues the cached positions."""
-        B, T = idx.shape
+        T = idx.size(1)
         start = caches[0].length if caches else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of length {start + T} exceeds block_size {self.config.block_size}")
@@ -217,9 +216,8 @@ class GPT(nn.Module):
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        fused = device_type in ("cuda", "cpu") and "fused" in inspect.signature(torch.optim.AdamW).parameters
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=tuple(betas), eps=eps,
-                                 **({"fused": True} if fused else {}))
+        fused = True if device_type in ("cuda", "cpu") else None  # None: torch's own choice (e.g. mps)
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=tuple(betas), eps=eps, fused=fused)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = 50,
@@ -238,12 +236,11 @@ class GPT(nn.Module):
         if top_k is not None and top_k < 1:
             raise ValueError("top_k must be >= 1")
         caches = [KVCache() for _ in self.transformer.h] if use_cache else None
-        step_input = idx
         for _ in range(max_new_tokens):
             if caches is None or idx.size(1) > self.config.block_size:
                 hidden = self.hidden_states(idx[:, -self.config.block_size:])
-            else:
-                hidden = self.hidden_states(step_input, caches)
+            else:  # only the tokens the caches do not hold yet
+                hidden = self.hidden_states(idx[:, caches[0].length:], caches)
             logits = self.lm_head(hidden[:, -1, :]).float() / temperature
             if top_k == 1:
                 next_id = logits.argmax(dim=-1, keepdim=True)
@@ -253,7 +250,6 @@ class GPT(nn.Module):
                     logits = logits.masked_fill(logits < kth, float("-inf"))
                 next_id = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
             idx = torch.cat([idx, next_id], dim=1)
-            step_input = next_id
         return idx
 
     @classmethod

@@ -19,6 +19,7 @@ from models.gpt2 import GPT, GPTConfig
 
 # HF GPT-2 uses Conv1D (weight stored as in x out); ours are nn.Linear (out x in).
 _TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+_MASK_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of older transformers versions
 NDGPT2_AUTO_MAP = {"AutoConfig": "modeling_ndgpt2.NdGPT2Config",
                    "AutoModelForCausalLM": "modeling_ndgpt2.NdGPT2ForCausalLM"}
 
@@ -38,8 +39,10 @@ def from_pretrained(name_or_dir: str = "gpt2") -> GPT:
         raise ValueError(f"unsupported GPT-2 activation {c.activation_function!r}")
     config = GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head,
                        n_embd=c.n_embd, bias=True, gelu=gelu, mlp_hidden=c.n_inner or 0)
+    state = _swap_conv1d({k: v for k, v in hf.state_dict().items() if not k.endswith(_MASK_BUFFERS)})
+    state.setdefault("lm_head.weight", state["transformer.wte.weight"])
     model = GPT(config)
-    model.load_state_dict(hf_to_ours(hf.state_dict()), strict=True)
+    model.load_state_dict(state, strict=True)
     return model
 
 
@@ -66,8 +69,8 @@ def _save_gpt2(model: GPT, out_dir: str) -> None:
                            activation_function="gelu_new" if c.gelu == "tanh" else "gelu",
                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True)
     hf = GPT2LMHeadModel(hf_config)
-    missing, unexpected = hf.load_state_dict(ours_to_hf(model.state_dict()), strict=False)
-    if unexpected or [k for k in missing if not k.endswith(("attn.bias", "attn.masked_bias"))]:
+    missing, unexpected = hf.load_state_dict(_swap_conv1d(model.state_dict()), strict=False)
+    if unexpected or [k for k in missing if not k.endswith(_MASK_BUFFERS)]:
         raise RuntimeError(f"HF export mismatch: missing={missing} unexpected={unexpected}")
     hf.save_pretrained(out_dir)
 
@@ -117,8 +120,7 @@ def remote_code_files() -> dict[str, str]:
         source = re.sub(r"^(\s*)from models import", r"\1from . import", source, flags=re.M)
         if re.search(r"^\s*import models\b", source, flags=re.M):
             raise RuntimeError(f"models/{name}.py: write 'from models.X import Y' for the HF export")
-        for imported in re.findall(r"^\s*from \.(\w+) import", source, flags=re.M):
-            todo.append(imported)
+        todo += re.findall(r"^\s*from \.(\w+) import", source, flags=re.M)
         for names in re.findall(r"^\s*from \. import ([\w, ]+)$", source, flags=re.M):
             todo.extend(n.strip() for n in names.split(","))
         for module in todo:
@@ -128,15 +130,6 @@ def remote_code_files() -> dict[str, str]:
     return files
 
 
-def hf_to_ours(sd: dict) -> dict:
-    out = {}
-    for k, v in sd.items():
-        if k.endswith(("attn.masked_bias", "attn.bias")) and "c_attn" not in k and "c_proj" not in k:
-            continue  # causal-mask buffers of older transformers versions
-        out[k] = v.t().contiguous() if k.endswith(_TRANSPOSED) else v
-    out.setdefault("lm_head.weight", out["transformer.wte.weight"])
-    return out
-
-
-def ours_to_hf(sd: dict) -> dict:
+def _swap_conv1d(sd: dict) -> dict:
+    """Our state dict <-> HF GPT-2's: the _TRANSPOSED weights transposed (the same swap both ways)."""
     return {k: (v.t().contiguous() if k.endswith(_TRANSPOSED) else v) for k, v in sd.items()}

@@ -133,7 +133,7 @@ class _SmallFactor(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             if low_precision:
-                grad_x = torch.stack([_column_sum(grad, weight[:, k]) for k in range(in_dim)], dim=1)
+                grad_x = torch.stack([_weighted_sum(grad.unbind(1), weight[:, k]) for k in range(in_dim)], dim=1)
             else:
                 grad_x = grad @ weight
             grad_x = grad_x.view(-1, rows, in_dim)
@@ -150,11 +150,11 @@ class _SmallFactor(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
-def _column_sum(matrix: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
-    """``matrix @ coeffs`` for a (M, H) matrix with few columns, as multiply-adds."""
-    out = matrix[:, 0] * coeffs[0]
-    for h in range(1, matrix.shape[1]):
-        out = torch.addcmul(out, matrix[:, h], coeffs[h])
+def _weighted_sum(planes, coeffs: torch.Tensor) -> torch.Tensor:
+    """``sum_i coeffs[i] * planes[i]`` over a few equal-shape tensors, as multiply-adds (not a K=few GEMM)."""
+    out = planes[0] * coeffs[0]
+    for i in range(1, len(planes)):
+        out.addcmul_(planes[i], coeffs[i])
     return out
 
 
@@ -198,11 +198,8 @@ class _BranchGelu(torch.autograd.Function):
         for b in range(len(w)):
             torch.addcmul(c[b], y, w[b], out=pre[b])
         act = F.gelu(pre, approximate=approximate)
-        z = act[0] * v[0]
-        for b in range(1, len(w)):
-            z.addcmul_(act[b], v[b])
         ctx.save_for_backward(y, w, v, pre, act)
-        return z
+        return _weighted_sum(act, v)
 
     @staticmethod
     def backward(ctx, grad):
@@ -212,10 +209,7 @@ class _BranchGelu(torch.autograd.Function):
         e = torch.ops.aten.gelu_backward(grad.expand_as(pre), pre, approximate=ctx.approximate)
         grad_y = grad_w = grad_c = grad_v = None
         if ctx.needs_input_grad[0]:
-            vw = v * w
-            grad_y = e[0] * vw[0]
-            for b in range(1, len(w)):
-                grad_y.addcmul_(e[b], vw[b])
+            grad_y = _weighted_sum(e, v * w)
         # sums of products through one scratch buffer; CPU and CUDA sums accumulate bf16 in fp32
         scratch = torch.empty_like(y)
         if ctx.needs_input_grad[1]:

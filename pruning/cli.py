@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-import time
 from pathlib import Path
 
 from pruning.masks import block_linears, check_pruning_args, parse_nm, skip_reason
@@ -19,25 +18,11 @@ from utils.cli import (
     check_output_path,
     finite_float,
     nonneg_int,
-    pick_device,
     positive_int,
 )
 from utils.io import atomic_write_json, fmt
-from utils.loader import ShardLoader, find_shards, sample_windows
-from utils.precision import resolve_amp
-from utils.report import (
-    add_hellaswag_args,
-    conventions_of,
-    describe_block,
-    eval_settings,
-    evaluate_model,
-    load_hellaswag_examples,
-    load_model_source,
-    pruning_report,
-    read_report,
-    reusable_dense,
-)
-from utils.seed import seed_everything
+from utils.loader import find_shards, sample_windows
+from utils.report import Evaluation, add_hellaswag_args, describe_block, read_report
 
 PROG = "wanda.py"
 DEPRECATED_METHODS = {"magnitude": "magnitude-row"}
@@ -107,38 +92,17 @@ def validate(args) -> None:
     check_setup(args)
 
 
-class Setup:
-    """The model, its calibration windows, val loader, HellaSwag examples and evaluation settings."""
+class Setup(Evaluation):
+    """The evaluation setup (utils/report.py) with the calibration windows of the pruning methods."""
 
     def __init__(self, args, note=print):
-        self.device = pick_device(args.device)
-        self.amp = resolve_amp(self.device, args.amp)
-        self.progress = True
-        seed_everything(args.seed)
-        self.examples, hellaswag_path, limit = load_hellaswag_examples(args, self.device, note=note)
-        self.conventions = conventions_of(args.hellaswag_convention) if self.examples else ()
-        self.model, self.header = load_model_source(args.ckpt, args.hf, self.device)
-        block_size, vocab = self.model.config.block_size, self.model.config.vocab_size
-        self.seq_len = args.calib_len or block_size
-        if self.seq_len > block_size:
-            raise UserError(f"--calib-len {self.seq_len} exceeds the model's block_size {block_size}")
-        self.calib = sample_windows(args.data, "train", args.calib_samples, self.seq_len, args.seed,
-                                    vocab_size=vocab)
-        self.val_batches = args.val_batches
-        self.val_loader = (ShardLoader(args.data, "val", args.val_batch_size, self.seq_len, shuffle=False,
-                                       vocab_size=vocab) if args.val_batches else None)
-        self.eval = eval_settings(data=args.data, split="val", batches=args.val_batches,
-                                  batch_size=args.val_batch_size, seq_len=self.seq_len, hellaswag=hellaswag_path,
-                                  limit=limit, conventions=self.conventions, amp=self.amp, device=self.device)
-        self.calib_settings = {"calib_samples": args.calib_samples, "calib_len": self.seq_len,
+        super().__init__(args, note)
+        seq_len = args.calib_len or self.model.config.block_size
+        self.use_val(args.data, "val", args.val_batches, args.val_batch_size, seq_len, "--calib-len")
+        self.calib = sample_windows(args.data, "train", args.calib_samples, seq_len, args.seed,
+                                    vocab_size=self.model.config.vocab_size)
+        self.calib_settings = {"calib_samples": args.calib_samples, "calib_len": seq_len,
                                "calib_batch": args.calib_batch, "seed": args.seed}
-
-    def evaluate(self) -> tuple[dict, float]:
-        t0 = time.perf_counter()
-        block = evaluate_model(self.model, val_loader=self.val_loader, val_batches=self.val_batches,
-                               hellaswag_examples=self.examples, conventions=self.conventions,
-                               device=self.device, amp=self.amp, progress=self.progress)
-        return block, time.perf_counter() - t0
 
     def settings(self, method: str, sparsity: float, nm) -> dict:
         return {"method": method, "sparsity": nm[0] / nm[1] if nm else sparsity, "nm": list(nm) if nm else None,
@@ -159,8 +123,8 @@ class Setup:
         kwargs = {"batch_size": self.calib_settings["calib_batch"]} if method == "wanda" else {}
         result = PRUNERS[method](self.model, self.calib, sparsity=sparsity, nm=nm, progress=self.progress, **kwargs)
         after, after_s = self.evaluate()
-        report = pruning_report(self.header, self.settings(method, sparsity, nm), result, dense, after,
-                                {"eval_before_s": dense_s, "eval_after_s": after_s})
+        report = self.pruning_report(self.settings(method, sparsity, nm), result, dense, after,
+                                     {"eval_before_s": dense_s, "eval_after_s": after_s})
         return report, result
 
 
@@ -191,11 +155,7 @@ def main(argv=None) -> None:
     validate(args)
     setup = Setup(args)
     setup.check_prunable(args.method, args.sparsity, args.nm)
-    if args.before_json:
-        before, before_s = reusable_dense(args.before_json, setup.header["source"], setup.header["step"],
-                                          setup.eval), 0.0
-    else:
-        before, before_s = setup.evaluate()
+    before, before_s = (setup.reusable_dense(args.before_json), 0.0) if args.before_json else setup.evaluate()
     print(f"dense: {describe_block(before)}")
     report, result = setup.prune(args.method, args.sparsity, args.nm, before, before_s)
     print_summary(report)

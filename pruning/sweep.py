@@ -1,7 +1,8 @@
 """Sparsity sweep of one model: each method at each unstructured sparsity and N:M pattern, val loss and
 perplexity against the dense model.
 
-    python pruning/sweep.py --ckpt logs/mini/gpt2/model_00160.pt --data data/prose --out-dir logs/mini/sweep/gpt2
+    python pruning/sweep.py --ckpt logs/mini/runs/gpt2-s1/model_00160.pt --data data/prose \\
+        --out-dir logs/mini/sweep/gpt2-s1
     python pruning/sweep.py --ckpt CKPT --data DATA --out-dir DIR --methods wanda magnitude-layer \\
         --sparsities 0.3 0.5 --nm 2:4 --with-hellaswag --limit 500
 
@@ -29,7 +30,7 @@ from pruning.masks import check_pruning_args, parse_nm
 from pruning.wanda import PRUNERS
 from utils.cli import UserError, check_writable_dir, finite_float, run_main
 from utils.io import atomic_write, atomic_write_json, markdown_table, text_table
-from utils.report import PRUNING_HEADERS, add_hellaswag_args, eval_report, pruning_rows, read_report, reusable_dense
+from utils.report import PRUNING_HEADERS, add_hellaswag_args, pruning_rows, read_report
 
 PROG = "sweep.py"
 SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
@@ -53,10 +54,7 @@ def tag(sparsity: float, nm) -> str:
 
 def validate(args) -> list[tuple[str, float, tuple | None]]:
     """The settings to run, every flag checked before any work."""
-    out = Path(args.out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out-dir {out} is a file, not a directory")
-    check_writable_dir(out, "--out-dir")
+    check_writable_dir(args.out_dir, "--out-dir")  # also refuses a file
     try:
         patterns = [parse_nm(text) for text in args.nm]
         for s in args.sparsities:
@@ -85,12 +83,12 @@ def main(argv=None) -> None:
     dense_path = out / "dense.json"
     if dense_path.exists():
         try:
-            dense = reusable_dense(dense_path, header["source"], header["step"], setup.eval)
+            dense = setup.reusable_dense(dense_path)
         except UserError as e:
             raise UserError(f"{e}; use another --out-dir") from e
     else:
         dense, seconds = setup.evaluate()
-        atomic_write_json(dense_path, eval_report(header, {"seed": args.seed, "eval": setup.eval}, dense, seconds))
+        atomic_write_json(dense_path, setup.eval_report(args.seed, dense, seconds))
     dense_weights = {k: v.clone() for k, v in setup.model.state_dict().items()}
     reports, reused = [], 0
     for method, sparsity, nm in tqdm(settings, desc="sweep", unit="setting"):

@@ -41,19 +41,17 @@ from pruning.masks import block_linears, check_pruning_args, layer_entry, parse_
 
 __all__ = ["prune_wanda", "prune_magnitude", "PRUNERS", "parse_nm", "main"]
 
-def _attach_norm_hooks(targets: list[tuple[str, nn.Linear]]):
-    """Forward hooks accumulating the per-input-feature sum of squares of each target's input."""
-    sumsq = {name: torch.zeros(layer.in_features, dtype=torch.float64, device=layer.weight.device)
-             for name, layer in targets}
 
-    def gather(acc: torch.Tensor):
-        def hook(module, inputs, output):
-            x = inputs[0].detach().reshape(-1, module.in_features).float()
-            acc.add_((x * x).sum(0))
-        return hook
+def _attach_norm_hooks(layers: list[nn.Linear]):
+    """Forward hooks accumulating the per-input-feature sum of squares of each layer's input."""
+    sumsq = {layer: torch.zeros(layer.in_features, dtype=torch.float64, device=layer.weight.device)
+             for layer in layers}
 
-    handles = [layer.register_forward_hook(gather(sumsq[name])) for name, layer in targets]
-    return sumsq, handles
+    def hook(module, inputs, output):
+        x = inputs[0].detach().reshape(-1, module.in_features).float()
+        sumsq[module].add_((x * x).sum(0))
+
+    return sumsq, [layer.register_forward_hook(hook) for layer in layers]
 
 
 @torch.no_grad()
@@ -79,7 +77,7 @@ def prune_wanda(model: nn.Module, calib_tokens: torch.Tensor, sparsity: float = 
     for block, linears in zip(tqdm(model.transformer.h, desc="wanda", unit="block", disable=not progress),
                               block_linears(model)):
         reasons = {name: skip_reason(layer, sparsity, nm) for name, layer in linears}
-        targets = [(name, layer) for name, layer in linears if reasons[name] is None]
+        targets = [layer for name, layer in linears if reasons[name] is None]
         sumsq, handles = _attach_norm_hooks(targets)
         try:
             if targets:  # NdLinear's literal per-mode path: a hook on a factor sees what the factor multiplies
@@ -89,8 +87,8 @@ def prune_wanda(model: nn.Module, calib_tokens: torch.Tensor, sparsity: float = 
         finally:
             for h in handles:
                 h.remove()
-        for name, layer in targets:
-            norm = sumsq[name].sqrt().to(layer.weight.dtype)
+        for layer in targets:
+            norm = sumsq[layer].sqrt().to(layer.weight.dtype)
             layer.weight.masked_fill_(prune_mask(layer.weight.abs() * norm, sparsity, nm), 0.0)
         layers += [layer_entry(name, layer, reasons[name]) for name, layer in linears]
         for i, x in enumerate(xs):  # inputs of the next block, through the pruned one

@@ -373,3 +373,20 @@ def test_eval_seed_rows_mean_std_and_gap_with_its_standard_error():
     # gap of the means 6.1 - 6.0; standard error sqrt(var_a/2 + var_ref/2) = sqrt(0.01 + 0.01)
     assert a[6] == "+0.1000" and a[7] == f"{(0.02 / 2 + 0.02 / 2) ** 0.5:.4f}"
     assert ref[6] == "-" and headers[6] == "gap to gpt2-mlp1536"
+
+
+def test_sparsity_deltas_average_the_runs_of_a_model():
+    """Sweeps of two seeds of one model: one key per (model, method, sparsity, N:M), one Δ per run."""
+    from experiment.figures import sparsity_deltas
+
+    def report(model, method, sparsity, nm, before, after):
+        return {"model": model, "pruning": {"method": method, "sparsity": sparsity, "nm": nm},
+                "before": {"val_loss": before}, "after": {"val_loss": after}}
+
+    reports = [report("gpt2", "wanda", 0.5, None, 6.0, 6.1), report("gpt2", "wanda", 0.5, None, 5.0, 5.3),
+               report("gpt2", "wanda", 0.5, [2, 4], 6.0, 6.4), report("ndgpt2", "wanda", 0.5, None, 7.0, 7.5),
+               report("gpt2", "magnitude-layer", 0.5, None, 6.0, None)]
+    deltas = sparsity_deltas(reports)
+    assert deltas.keys() == {("gpt2", "wanda", 0.5, None), ("gpt2", "wanda", 0.5, "2:4"),
+                             ("ndgpt2", "wanda", 0.5, None)}
+    assert deltas["gpt2", "wanda", 0.5, None] == pytest.approx([0.1, 0.3])

@@ -144,3 +144,18 @@ def test_test_gpt_bad_input_in_process(nd_ckpt, tmp_path, capsys):
         last = err.strip().splitlines()[-1]  # argparse prints its usage above its one error line
         assert last.startswith("test_gpt.py: error:") and message in last and "Traceback" not in err
     assert (tmp_path / "a_file").read_text() == "keep me"
+
+
+def test_test_gpt_refuses_an_existing_json_unless_force(nd_ckpt, corpus, tmp_path, capsys):
+    existing = tmp_path / "r.json"
+    existing.write_text("keep me")
+    corrupt = tmp_path / "corrupt.pt"  # refused before the checkpoint is read
+    corrupt.write_bytes(b"not a checkpoint")
+    code, out, err = run_test_gpt(capsys, "--ckpt", corrupt, "--json", existing)
+    assert code == 2 and err.strip().splitlines() == [f"test_gpt.py: error: --json {existing} exists; "
+                                                      f"pass --force to overwrite it"] and out == ""
+    assert existing.read_text() == "keep me"
+    code, _, err = run_test_gpt(capsys, "--ckpt", nd_ckpt, "--data", corpus, "--batches", 1, "--micro-batch", 1,
+                                "--seq-len", 16, "--no-hellaswag", "--json", existing, "--force")
+    assert code == 0, err
+    assert read_report(existing, "eval")["metrics"]["val_tokens"] == 16

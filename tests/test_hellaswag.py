@@ -4,6 +4,7 @@ lm-eval's truncation, batched scorer == per-example reference, the precision rul
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import subprocess
 import sys
@@ -289,6 +290,52 @@ def test_download_from_file_url_and_offline(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="no network; pass --hellaswag PATH"):
         download_hellaswag(out, url=src.as_uri(), force=True, progress=False)
     assert path.read_text() == src.read_text()  # the cached file survives a failed re-download
+
+
+class FakeResponse(io.BytesIO):
+    """What urlopen returns: a readable body with headers; ``fail_after`` bytes then a dropped connection."""
+
+    def __init__(self, body: bytes, fail_after: int | None = None):
+        super().__init__(body)
+        self.headers, self.fail_after = {"Content-Length": str(len(body))}, fail_after
+
+    def read(self, size=-1):
+        if self.fail_after is not None and self.tell() >= self.fail_after:
+            raise ConnectionResetError("Connection reset by peer")
+        return super().read(size if self.fail_after is None else min(size, self.fail_after - self.tell()))
+
+
+@pytest.mark.parametrize("body, fail_after, message", [
+    (b"<!DOCTYPE html><html>404: Not Found</html>\n", None, "not valid JSON"),  # an HTML error page
+    (b"\xff\xfe garbage\n", None, "not valid JSON"),
+    (b"", None, "not valid JSON"),
+    (json.dumps({"ctx": "x", "endings": ["a", "b", "c", "d"], "label": 0}).encode() * 3, 10, "no network"),
+])
+def test_failed_download_leaves_nothing_behind(tmp_path, monkeypatch, body, fail_after, message):
+    url = "https://example.invalid/hellaswag_val.jsonl"
+    monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: FakeResponse(body, fail_after))
+    with pytest.raises(UserError, match=message):
+        download_hellaswag(tmp_path / "new", url=url, progress=False)
+    assert not (tmp_path / "new").exists()  # not even the directory
+    cached = tmp_path / "hellaswag_val.jsonl"
+    cached.write_text("the cached copy\n")
+    with pytest.raises(UserError, match=message):
+        download_hellaswag(tmp_path, url=url, force=True, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["hellaswag_val.jsonl"]  # no temp file left
+    assert cached.read_text() == "the cached copy\n"
+
+
+def test_download_write_failure_leaves_no_temp_file(tmp_path, monkeypatch):
+    body = json.dumps({"ctx": "x", "endings": ["a", "b", "c", "d"], "label": 0}).encode() + b"\n"
+    monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: FakeResponse(body))
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.replace", full_disk)
+    with pytest.raises(UserError, match="cannot write .*No space left on device"):
+        download_hellaswag(tmp_path, url="https://example.invalid/hellaswag_val.jsonl", progress=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli(repo_root, tmp_path, capsys):

@@ -220,8 +220,7 @@ def test_sweep_writes_one_report_per_setting_and_reuses_them(workspace, capsys, 
 
     def no_eval(*a, **k):
         raise AssertionError("a rerun must not evaluate")
-    monkeypatch.setattr(utils.report, "evaluate_model", no_eval)
-    monkeypatch.setattr("pruning.cli.evaluate_model", no_eval)
+    monkeypatch.setattr(utils.report.Evaluation, "evaluate", no_eval)
     code, stdout, err = run_sweep(capsys, *args)
     assert code == 0, err
     assert "9 settings (9 reused)" in stdout

@@ -12,7 +12,6 @@ Loading never needs the flags a model was trained with, and works on CPU for a G
 
 from __future__ import annotations
 
-import dataclasses
 import typing
 from pathlib import Path
 
@@ -28,13 +27,10 @@ RESUME_KEYS = ("optimizer", "data_state", "rng")  # what --resume needs beyond t
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The plain module under DDP and/or torch.compile wrappers."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
+    ddp = torch.nn.parallel.DistributedDataParallel
+    while isinstance(model, ddp) or hasattr(model, "_orig_mod"):
+        model = model.module if isinstance(model, ddp) else model._orig_mod
+    return model
 
 
 def save_payload(path, payload: dict) -> None:
@@ -44,9 +40,8 @@ def save_payload(path, payload: dict) -> None:
 def save_checkpoint(path, model, *, kind: str, model_name: str, **extra) -> None:
     """Save ``model`` (unwrapped) with its config and any extra fields, atomically."""
     model = unwrap(model)
-    config = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(vars(model.config))
     save_payload(path, {"format": FORMAT, "version": VERSION, "kind": kind, "model_name": model_name,
-                        "config": config, "model": model.state_dict(), **extra})
+                        "config": model.config.to_dict(), "model": model.state_dict(), **extra})
 
 
 def load_checkpoint(path, map_location="cpu", expect_kind: str | None = None) -> dict:
@@ -95,12 +90,11 @@ def gpt_config_from_dict(config: dict, where):
     """GPTConfig from a checkpoint's config dict, validated field by field (one-line errors)."""
     from models import GPTConfig
 
-    hints = typing.get_type_hints(GPTConfig)
-    names = [f.name for f in dataclasses.fields(GPTConfig)]
+    hints = typing.get_type_hints(GPTConfig)  # every field, in order
     for key in config:
         if key not in hints:
-            raise UserError(f"{where}: unknown model config key {key!r} (valid: {', '.join(names)})")
-    for key in names:
+            raise UserError(f"{where}: unknown model config key {key!r} (valid: {', '.join(hints)})")
+    for key in hints:
         if key not in config:
             raise UserError(f"{where}: model config key {key!r} is missing")
         if not _type_ok(config[key], hints[key]):
@@ -112,23 +106,18 @@ def gpt_config_from_dict(config: dict, where):
         raise UserError(f"{where}: {e}") from e
 
 
-def build_gpt_from_checkpoint(ckpt: dict, where="checkpoint"):
-    """Rebuild a GPT (any preset, dense or pruned) from a loaded checkpoint dict."""
+def load_gpt(path, device: str = "cpu"):
+    """(model on ``device`` in eval mode, checkpoint dict) for any GPT checkpoint of this repo (any
+    preset, dense or pruned)."""
     from models import GPT
 
-    model = GPT(gpt_config_from_dict(ckpt["config"], where))
+    ckpt = load_checkpoint(path, expect_kind="gpt")
+    model = GPT(gpt_config_from_dict(ckpt["config"], path))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise UserError(f"{where}: weights do not match its config: {str(e).splitlines()[0]}") from e
-    return model
-
-
-def load_gpt(path, device: str = "cpu"):
-    """(model on ``device`` in eval mode, checkpoint dict) for any GPT checkpoint of this repo."""
-    ckpt = load_checkpoint(path, expect_kind="gpt")
-    model = build_gpt_from_checkpoint(ckpt, path).to(device).eval()
-    return model, ckpt
+        raise UserError(f"{path}: weights do not match its config: {str(e).splitlines()[0]}") from e
+    return model.to(device).eval(), ckpt
 
 
 def load_any_gpt(ckpt_path: str | None, hf: str | None, device: str = "cpu"):

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from utils.checkpoint import unwrap
 from utils.cli import UserError
+from utils.io import atomic_write
 from utils.precision import autocast, resolve_amp
 from utils.tokenizer import get_encoding
 
@@ -112,25 +113,22 @@ def _parse_record(line: str, where: str) -> dict:
 
 def download_hellaswag(out_dir="data/hellaswag", url: str = HELLASWAG_VAL_URL, force: bool = False,
                        progress: bool = True) -> Path:
-    """Download (or, for a file:// URL, copy) the validation jsonl into ``out_dir`` through a temp file,
-    so an interrupted download never leaves a partial file; an existing file is kept unless ``force``."""
-    out_dir = Path(out_dir)
-    dest = out_dir / Path(url).name
+    """Download (or, for a file:// URL, copy) the validation jsonl into ``out_dir``; an existing file is
+    kept unless ``force``. The bytes are read whole (~11 MB) and their first line validated (an HTML error
+    page is refused) before ``atomic_write`` puts them in place: a failure leaves nothing behind."""
+    dest = Path(out_dir) / Path(url).name
     if dest.is_file() and not force:
         return dest
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
         with urllib.request.urlopen(url, timeout=30) as response:
-            out_dir.mkdir(parents=True, exist_ok=True)  # only once the source answered
             total = int(response.headers.get("Content-Length") or 0) or None
-            with open(tmp, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc=dest.name,
-                                            disable=not progress) as bar:
+            data = bytearray()
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
                 while chunk := response.read(1 << 20):
-                    f.write(chunk)
+                    data += chunk
                     bar.update(len(chunk))
-        with open(tmp, encoding="utf-8") as f:
-            _parse_record(f.readline(), f"{url}:1")  # refuse an HTML error page
-        os.replace(tmp, dest)
+        _parse_record(data.split(b"\n", 1)[0].decode("utf-8", errors="replace"), f"{url}:1")
+        atomic_write(dest, bytes(data))
     except urllib.error.HTTPError as e:
         raise UserError(f"cannot download {url}: HTTP {e.code}") from e
     except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
@@ -138,9 +136,6 @@ def download_hellaswag(out_dir="data/hellaswag", url: str = HELLASWAG_VAL_URL, f
                         f"[{type(e).__name__}: {getattr(e, 'reason', e)}]") from e
     except OSError as e:
         raise UserError(f"cannot write {dest}: {e.strerror or e}") from e
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return dest
 
 
@@ -180,7 +175,6 @@ def encode_example(example: dict, block_size: int, convention: str = "seed") -> 
     """For each ending: (the tokens kept of context + " " + ending, how many of them are context).
     Rows longer than ``block_size`` keep their last block_size + 1 tokens (lm-eval's truncation)."""
     enc = get_encoding()
-    rows = []
     if convention == "seed":
         ctx = enc.encode_ordinary(example["ctx"])
         whole = [ctx + enc.encode_ordinary(" " + ending) for ending in example["endings"]]
@@ -188,10 +182,8 @@ def encode_example(example: dict, block_size: int, convention: str = "seed") -> 
         query = example.get("query", example["ctx"])
         ctx = enc.encode_ordinary(query.rstrip())
         whole = [enc.encode_ordinary(f"{query} {choice}") for choice in example.get("choices", example["endings"])]
-    for tokens in whole:
-        cut = max(0, len(tokens) - (block_size + 1))
-        rows.append((tokens[cut:], max(0, len(ctx) - cut)))
-    return rows
+    cuts = [max(0, len(tokens) - (block_size + 1)) for tokens in whole]
+    return [(tokens[cut:], max(0, len(ctx) - cut)) for tokens, cut in zip(whole, cuts)]
 
 
 def _pad_rows(rows: list[tuple[list[int], int]], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -238,21 +230,17 @@ def score_examples(model, examples: list[dict], *, batch_size: int = 16, device=
     model = unwrap(model)
     encoded = [encode_example(ex, model.config.block_size, convention) for ex in examples]
     sums, counts = torch.empty(len(examples), 4), torch.empty(len(examples), 4, dtype=torch.long)
+    # longest first: similar lengths share a batch (less padding), and a too-large
+    # batch runs out of memory on the first step rather than the last
+    order = sorted(range(len(encoded)), key=lambda i: -max(len(t) for t, _ in encoded[i]))
+    step = 1 if per_example else batch_size
     with tqdm(total=len(examples), desc="hellaswag", unit="ex", disable=not progress) as bar:
-        if per_example:
-            for i, rows in enumerate(encoded):
-                s, c = _score_one_example(model, rows, device)
-                sums[i], counts[i] = s.cpu(), c.cpu()
-                bar.update(1)
-        else:
-            # longest first: similar lengths share a batch (less padding), and a too-large
-            # batch runs out of memory on the first step rather than the last
-            order = sorted(range(len(encoded)), key=lambda i: -max(len(t) for t, _ in encoded[i]))
-            for start in range(0, len(order), batch_size):
-                chunk = order[start:start + batch_size]
-                s, c = _score_batch(model, [row for i in chunk for row in encoded[i]], device, amp)
-                sums[chunk], counts[chunk] = s.view(-1, 4).cpu(), c.view(-1, 4).cpu()
-                bar.update(len(chunk))
+        for start in range(0, len(order), step):
+            chunk = order[start:start + step]
+            rows = [row for i in chunk for row in encoded[i]]
+            s, c = _score_one_example(model, rows, device) if per_example else _score_batch(model, rows, device, amp)
+            sums[chunk], counts[chunk] = s.view(-1, 4).cpu(), c.view(-1, 4).cpu()
+            bar.update(len(chunk))
     return sums, counts
 
 

@@ -19,7 +19,6 @@ from utils.cli import UserError, check_writable_dir
 from utils.tokenizer import EOT, bpe_files
 
 EOT_TEXT = "<|endoftext|>"
-TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def save_tokenizer(out_dir: str | os.PathLike, model_max_length: int) -> None:

@@ -92,18 +92,15 @@ class ShardLoader:
         self.B, self.T, self.rank, self.world_size, self.seed = batch_size, seq_len, rank, world_size, seed
         self.shuffle = (split == "train") if shuffle is None else shuffle
         self.step_tokens = batch_size * seq_len * world_size
-        paths = find_shards(data_dir, split)
-        tokens = [open_shard(p, vocab_size) for p in paths]
+        tokens = [open_shard(p, vocab_size) for p in find_shards(data_dir, split)]
         # "shards": every rank must skip the same shards, so a shard must fit one step of the whole world
         need = (self.step_tokens if self.order == "shards" else batch_size * seq_len) + 1
-        usable = [i for i, t in enumerate(tokens) if len(t) >= need]
-        if not usable:
+        self.shard_tokens = [t for t in tokens if len(t) >= need]
+        if not self.shard_tokens:
             world = f" x world {world_size}" if self.order == "shards" else ""
             raise UserError(f"no '{split}' shard in {data_dir} holds one step of {need} tokens "
                             f"(B={batch_size} x T={seq_len}{world} + 1); "
                             f"the longest has {max(map(len, tokens))}")
-        self.shards = [paths[i] for i in usable]
-        self.shard_tokens = [tokens[i] for i in usable]
         self.window_ends = np.cumsum([(len(t) - 1) // (batch_size * seq_len) for t in self.shard_tokens])
         self.n_windows = int(self.window_ends[-1])
         self._permutation = (-1, None)  # (epoch, its window permutation)
@@ -139,8 +136,8 @@ class ShardLoader:
 
     def shard_order(self, epoch: int) -> list[int]:
         if not self.shuffle:
-            return list(range(len(self.shards)))
-        return np.random.default_rng(self.seed + epoch).permutation(len(self.shards)).tolist()
+            return list(range(len(self.shard_tokens)))
+        return np.random.default_rng(self.seed + epoch).permutation(len(self.shard_tokens)).tolist()
 
     def _load(self, epoch: int, shard: int, pos: int) -> None:
         self.epoch, self.shard, self.pos = epoch, shard, pos
@@ -151,7 +148,7 @@ class ShardLoader:
         chunk = self.tokens[start:start + self.B * self.T + 1]
         self.pos += self.step_tokens
         if self.pos + self.step_tokens + 1 > len(self.tokens):
-            if self.shard + 1 < len(self.shards):
+            if self.shard + 1 < len(self.shard_tokens):
                 self._load(self.epoch, self.shard + 1, 0)
             else:
                 self._load(self.epoch + 1, 0, 0)
@@ -188,8 +185,8 @@ class ShardLoader:
                                 f"{self.B * self.T + 1} tokens here (different data or batch shape?)")
             self.window = window
             return
-        if epoch < 0 or not 0 <= shard < len(self.shards) or pos < 0:
-            raise UserError(f"data loader state {state} does not match the {len(self.shards)} shards here")
+        if epoch < 0 or not 0 <= shard < len(self.shard_tokens) or pos < 0:
+            raise UserError(f"data loader state {state} does not match the {len(self.shard_tokens)} shards here")
         self._load(epoch, shard, pos)
         if pos + self.step_tokens + 1 > len(self.tokens):
             raise UserError(f"data loader state {state} is past the end of its shard (different data?)")
@@ -207,8 +204,7 @@ def sample_windows(data_dir: str | Path, split: str, n: int, seq_len: int, seed:
     if starts_per_shard.sum() == 0:
         raise UserError(f"no '{split}' shard in {data_dir} holds {seq_len} tokens")
     bounds = np.cumsum(starts_per_shard)
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, bounds[-1], size=n)
+    picks = np.random.default_rng(seed).integers(0, bounds[-1], size=n)
     windows = np.empty((n, seq_len), dtype=np.int64)
     for row, g in enumerate(picks):
         i = int(np.searchsorted(bounds, g, side="right"))

@@ -1,7 +1,7 @@
 """One evaluation, one report schema: written by experiment/test_gpt.py, pruning/wanda.py and
 pruning/sweep.py, read by experiment/compare.py.
 
-An evaluation block (``evaluate_model``)::
+An evaluation block (``Evaluation.evaluate``)::
 
     {"params_total": int, "params_nonzero": int,
      "val_loss": float | None, "perplexity": float | None, "val_tokens": int,
@@ -15,7 +15,7 @@ A report (JSON) is one of::
      "pruning": {method, sparsity, nm, mask_groups, pruned_layers, ...},
      "before": BLOCK, "after": BLOCK, "timings": {...}, "layers": [...]}     # wanda.py / sweep.py --json
 
-``settings["eval"]`` (``eval_settings``) holds everything the numbers of a block depend on: two
+``settings["eval"]`` (``Evaluation.use_val``) holds everything the numbers of a block depend on: two
 blocks with the same source and eval settings are the same numbers (a pruning report's "before"
 equals test_gpt.py's "metrics"), which is what lets ``--before-json`` and the sweep reuse them.
 """
@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
-from utils.cli import UserError, nonneg_int
+from utils.cli import REPO, UserError, nonneg_int
 from utils.io import fmt
 
 KINDS = ("eval", "pruning")
@@ -88,41 +89,104 @@ def load_hellaswag_examples(args, device: str, note=print):
     return examples, str(Path(path).resolve()), limit
 
 
-def eval_settings(*, data, split: str, batches: int, batch_size: int, seq_len: int, hellaswag, limit,
-                  conventions, amp: bool, device: str) -> dict:
-    """Everything the numbers of an evaluation block depend on."""
-    return {"data": str(data), "split": split, "val_batches": batches, "val_batch_size": batch_size,
-            "seq_len": seq_len, "hellaswag": None if hellaswag is None else str(hellaswag),
-            "hellaswag_limit": limit, "conventions": list(conventions), "amp": bool(amp),
-            "device": str(device).split(":")[0]}
+def default_data(trained_on: str | None) -> str:
+    """The directory the model was trained on, else data/edu_fineweb10B, else the builtin corpus."""
+    for candidate in (trained_on, REPO / "data" / "edu_fineweb10B"):
+        if candidate and Path(candidate).is_dir():
+            return str(candidate)
+    from utils.shards import prepare_builtin_corpus
+
+    return str(prepare_builtin_corpus(REPO / "data" / "builtin"))
 
 
-def _hellaswag(model, examples, convention: str, device: str, amp: bool, progress: bool) -> dict:
-    from utils.hellaswag import evaluate_hellaswag
+class Evaluation:
+    """What test_gpt.py, wanda.py and sweep.py do before evaluating: device, precision, seed, the HellaSwag
+    examples the flags ask for (before the model: a bad file fails fast), the model of --ckpt / --hf with its
+    report header {"model", "source", "step", "trained_on"}; then ``use_val`` sets the val loss up."""
 
-    r = evaluate_hellaswag(model, examples, device=device, amp=amp, progress=progress, convention=convention)
-    return {"acc": r["acc"], "acc_norm": r["acc_norm"], "n": r["n"]}
+    progress = True
 
+    def __init__(self, args, note=print):
+        from utils.checkpoint import load_any_gpt, load_gpt
+        from utils.cli import pick_device
+        from utils.precision import resolve_amp
+        from utils.seed import seed_everything
 
-def evaluate_model(model, *, val_loader=None, val_batches: int = 0, hellaswag_examples=None,
-                   conventions=CONVENTIONS, device: str = "cpu", amp: bool = False, progress: bool = True) -> dict:
-    """The evaluation block of ``model``: parameter counts, val loss over ``val_batches`` batches of
-    ``val_loader`` (reset first: the same tokens every call), HellaSwag in each convention."""
-    from utils.evaluation import evaluate_loss
-    from utils.params import count_params
+        self.device = pick_device(args.device)
+        self.amp = resolve_amp(self.device, args.amp)
+        seed_everything(args.seed)
+        self.examples, self.hellaswag_path, self.limit = load_hellaswag_examples(args, self.device, note=note)
+        self.conventions = conventions_of(args.hellaswag_convention) if self.examples else ()
+        if args.ckpt is not None:
+            self.model, c = load_gpt(args.ckpt, self.device)
+            train = c.get("train_config") or c.get("train_args") or {}  # the latter: checkpoints before TrainConfig
+            self.header = {"model": c.get("model_name", "gpt2"), "source": str(args.ckpt), "step": c.get("step"),
+                           "trained_on": train.get("data") if isinstance(train, dict) else None}
+        else:
+            self.model, _ = load_any_gpt(None, args.hf, self.device)
+            self.header = {"model": "gpt2", "source": f"hf:{args.hf}", "step": None, "trained_on": None}
 
-    counts = count_params(model)
-    block = {"params_total": counts["total"], "params_nonzero": counts["nonzero"], "val_loss": None,
-             "perplexity": None, "val_tokens": 0, "hellaswag": {}}
-    was_training = model.training
-    if val_loader is not None and val_batches:
-        loss = evaluate_loss(model, val_loader, val_batches, device, amp)
-        block.update(val_loss=loss, perplexity=math.exp(min(loss, 700)),
-                     val_tokens=val_batches * val_loader.B * val_loader.T)
-    for convention in conventions if hellaswag_examples else ():
-        block["hellaswag"][convention] = _hellaswag(model, hellaswag_examples, convention, device, amp, progress)
-    model.train(was_training)
-    return block
+    def use_val(self, data, split: str, batches: int, batch_size: int, seq_len: int, seq_len_flag: str) -> None:
+        """The val loader (none when ``batches`` is 0) and ``self.eval``, everything the numbers of an evaluation
+        block depend on. ``data`` None: ``default_data``."""
+        from utils.loader import ShardLoader
+
+        block_size, vocab = self.model.config.block_size, self.model.config.vocab_size
+        if seq_len > block_size:
+            raise UserError(f"{seq_len_flag} {seq_len} exceeds the model's block size {block_size}")
+        data = data or default_data(self.header["trained_on"])
+        self.val_batches = batches
+        self.val_loader = (ShardLoader(data, split, batch_size, seq_len, shuffle=False, vocab_size=vocab)
+                           if batches else None)
+        self.eval = {"data": str(data), "split": split, "val_batches": batches, "val_batch_size": batch_size,
+                     "seq_len": seq_len, "hellaswag": self.hellaswag_path, "hellaswag_limit": self.limit,
+                     "conventions": list(self.conventions), "amp": bool(self.amp),
+                     "device": str(self.device).split(":")[0]}
+
+    def evaluate(self) -> tuple[dict, float]:
+        """(the evaluation block of the model as it is now, seconds): parameter counts, val loss (the loader
+        is reset first: the same tokens every call), HellaSwag in each convention."""
+        from utils.evaluation import evaluate_loss
+        from utils.hellaswag import evaluate_hellaswag
+        from utils.params import count_params
+
+        t0, model = time.perf_counter(), self.model
+        counts = count_params(model)
+        block = {"params_total": counts["total"], "params_nonzero": counts["nonzero"], "val_loss": None,
+                 "perplexity": None, "val_tokens": 0, "hellaswag": {}}
+        was_training = model.training
+        if self.val_loader is not None:
+            loss = evaluate_loss(model, self.val_loader, self.val_batches, self.device, self.amp)
+            block.update(val_loss=loss, perplexity=math.exp(min(loss, 700)),
+                         val_tokens=self.val_batches * self.val_loader.B * self.val_loader.T)
+        for convention in self.conventions:
+            r = evaluate_hellaswag(model, self.examples, device=self.device, amp=self.amp, progress=self.progress,
+                                   convention=convention)
+            block["hellaswag"][convention] = {"acc": r["acc"], "acc_norm": r["acc_norm"], "n": r["n"]}
+        model.train(was_training)
+        return block, time.perf_counter() - t0
+
+    def reusable_dense(self, path) -> dict:
+        """The dense block of report ``path`` if it measured this model (source and step) with these eval
+        settings; a UserError naming the differences otherwise."""
+        report = read_report(path)
+        differs = [k for k in sorted(set(self.eval) | set(report["settings"]["eval"]))
+                   if self.eval.get(k) != report["settings"]["eval"].get(k)]
+        differs += [k for k in ("source", "step") if report.get(k) != self.header[k]]
+        if differs:
+            raise UserError(f"{path} was measured with other settings ({', '.join(differs)})")
+        return report["metrics"] if report["kind"] == "eval" else report["before"]
+
+    def eval_report(self, seed: int, metrics: dict, seconds: float) -> dict:
+        return {"kind": "eval", "version": VERSION, **self.header, "settings": {"seed": seed, "eval": self.eval},
+                "metrics": metrics, "timings": {"eval_s": seconds}}
+
+    def pruning_report(self, settings: dict, result: dict, before: dict, after: dict, timings: dict) -> dict:
+        """``result`` is what pruning.wanda's prune functions return."""
+        summary = {k: v for k, v in result.items() if k not in ("layers", "seconds")}
+        return {"kind": "pruning", "version": VERSION, **self.header, "settings": settings, "pruning": summary,
+                "before": before, "after": after, "timings": {"prune_s": result["seconds"], **timings},
+                "layers": result["layers"]}
 
 
 def describe_block(block: dict) -> str:
@@ -188,51 +252,6 @@ def read_report(path, kind: str | None = None) -> dict:
     if report["kind"] == "pruning" and not isinstance(report.get("pruning"), dict):
         raise UserError(f"{path}: no 'pruning' object")
     return report
-
-
-def dense_block(report: dict) -> dict:
-    """The dense model's block of a report: an eval report's metrics, a pruning report's 'before'."""
-    return report["metrics"] if report["kind"] == "eval" else report["before"]
-
-
-def reusable_dense(path, source: str, step, settings: dict) -> dict:
-    """The dense block of report ``path`` if it measured ``source`` (at ``step``) with these eval
-    ``settings``; a UserError naming the differences otherwise."""
-    report = read_report(path)
-    differs = [k for k in sorted(set(settings) | set(report["settings"]["eval"]))
-               if settings.get(k) != report["settings"]["eval"].get(k)]
-    differs += [k for k, v in (("source", source), ("step", step)) if report.get(k) != v]
-    if differs:
-        raise UserError(f"{path} was measured with other settings ({', '.join(differs)})")
-    return dense_block(report)
-
-
-# ----------------------------------------------------------------------------- writing reports
-
-def load_model_source(ckpt: str | None, hf: str | None, device: str):
-    """(model in eval mode, report header {"model", "source", "step", "trained_on"}) from --ckpt or --hf."""
-    from utils.checkpoint import load_any_gpt, load_gpt
-
-    if ckpt is not None:
-        model, c = load_gpt(ckpt, device)
-        train = c.get("train_config") or c.get("train_args") or {}  # the latter: checkpoints before TrainConfig
-        return model, {"model": c.get("model_name", "gpt2"), "source": str(ckpt), "step": c.get("step"),
-                       "trained_on": train.get("data") if isinstance(train, dict) else None}
-    model, _ = load_any_gpt(None, hf, device)
-    return model, {"model": "gpt2", "source": f"hf:{hf}", "step": None, "trained_on": None}
-
-
-def eval_report(header: dict, settings: dict, metrics: dict, seconds: float) -> dict:
-    return {"kind": "eval", "version": VERSION, **header, "settings": settings, "metrics": metrics,
-            "timings": {"eval_s": seconds}}
-
-
-def pruning_report(header: dict, settings: dict, result: dict, before: dict, after: dict, timings: dict) -> dict:
-    """``result`` is what pruning.wanda's prune functions return."""
-    summary = {k: v for k, v in result.items() if k not in ("layers", "seconds")}
-    return {"kind": "pruning", "version": VERSION, **header, "settings": settings, "pruning": summary,
-            "before": before, "after": after, "timings": {"prune_s": result["seconds"], **timings},
-            "layers": result["layers"]}
 
 
 # ----------------------------------------------------------------------------- tables

@@ -40,12 +40,9 @@ def checkpoint_step(path) -> int | None:
 
 
 def run_checkpoints(out_dir) -> list[Path]:
-    """Checkpoints of the current lineage, newest (highest step) first."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        return []
-    return sorted((p for p in out_dir.iterdir() if checkpoint_step(p) is not None), key=checkpoint_step,
-                  reverse=True)
+    """Checkpoints of the current lineage, newest (highest step) first (none where ``out_dir`` is missing)."""
+    paths = (p for p in Path(out_dir).glob("model_*.pt") if checkpoint_step(p) is not None)
+    return sorted(paths, key=checkpoint_step, reverse=True)
 
 
 def holds_run(out_dir) -> bool:

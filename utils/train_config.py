@@ -130,13 +130,6 @@ def same_data(a, b) -> bool:
     return ma is not None and ma == mb
 
 
-def from_dict(saved: dict, where) -> TrainConfig:
-    unknown = sorted(set(saved) - set(FIELDS))
-    if unknown:
-        raise UserError(f"{where}: unknown train_config field(s) {unknown} (written by a newer version?)")
-    return TrainConfig(**saved)
-
-
 def from_train_args(args: dict, model_config: dict) -> TrainConfig:
     """Convert the ``train_args`` (argparse namespace) of a checkpoint written before TrainConfig."""
     try:
@@ -149,8 +142,12 @@ def from_train_args(args: dict, model_config: dict) -> TrainConfig:
 
 
 def from_checkpoint(ckpt: dict, where) -> TrainConfig:
-    if isinstance(ckpt.get("train_config"), dict):
-        return from_dict(ckpt["train_config"], where)
+    saved = ckpt.get("train_config")
+    if isinstance(saved, dict):
+        unknown = sorted(set(saved) - set(FIELDS))
+        if unknown:
+            raise UserError(f"{where}: unknown train_config field(s) {unknown} (written by a newer version?)")
+        return TrainConfig(**saved)
     if isinstance(ckpt.get("train_args"), dict):
         return from_train_args(ckpt["train_args"], ckpt["config"])
     raise UserError(f"{where} has no train_config (nor old-format train_args); it cannot be resumed")
@@ -173,8 +170,6 @@ def check(cfg: TrainConfig) -> None:
     if cfg.block_size is not None and cfg.seq_len > cfg.block_size:
         raise UserError(f"--seq-len {cfg.seq_len} exceeds the model's block size {cfg.block_size}; "
                         f"pass --block-size {cfg.seq_len} to train a model with a longer context")
-    if cfg.order not in (None, "shards", "windows"):
-        raise UserError(f"--order must be 'shards' or 'windows', got {cfg.order!r}")
 
 
 def settle(flags: dict, cuda: bool, warn):
