@@ -6,8 +6,8 @@
 
 The file lands in data/hellaswag/hellaswag_val.jsonl, where the evaluators look first (then the shared
 llama.cpp-derived copy, ../shared/data/hellaswag/hellaswag_val_llamacpp_derived.jsonl: the same 10,042
-examples, lm-eval-preprocessed, usable offline with --hellaswag PATH). The download goes through a temp
-file and is validated line by line before it replaces anything.
+examples, lm-eval-preprocessed, usable offline with --hellaswag PATH). The download is validated line by
+line before it is written (atomically), so a failed or cut-off download leaves nothing behind.
 """
 
 from __future__ import annotations

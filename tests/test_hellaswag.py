@@ -308,7 +308,9 @@ class FakeResponse(io.BytesIO):
 @pytest.mark.parametrize("body, fail_after, message", [
     (b"<!DOCTYPE html><html>404: Not Found</html>\n", None, "not valid JSON"),  # an HTML error page
     (b"\xff\xfe garbage\n", None, "not valid JSON"),
-    (b"", None, "not valid JSON"),
+    (b"", None, "holds no HellaSwag examples"),
+    (json.dumps({"ctx": "x", "endings": ["a", "b", "c", "d"], "label": 0}).encode() + b'\n{"ctx": "cut of', None,
+     ":2: not valid JSON"),  # a body cut off inside its second record
     (json.dumps({"ctx": "x", "endings": ["a", "b", "c", "d"], "label": 0}).encode() * 3, 10, "no network"),
 ])
 def test_failed_download_leaves_nothing_behind(tmp_path, monkeypatch, body, fail_after, message):

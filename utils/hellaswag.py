@@ -61,15 +61,20 @@ def load_hellaswag(path, limit: int | None = None) -> list[dict]:
         raise UserError(f"limit must be >= 1, got {limit}")
     if not path.is_file():
         raise UserError(f"HellaSwag file not found: {path}")
-    examples = []
     with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if limit is not None and len(examples) >= limit:
-                break
-            if line.strip():
-                examples.append(_parse_record(line, f"{path}:{lineno}"))
+        return parse_lines(f, path, limit)
+
+
+def parse_lines(lines, where, limit: int | None = None) -> list[dict]:
+    """The examples of jsonl ``lines`` (blank lines skipped); a malformed line is a UserError naming where:line."""
+    examples = []
+    for lineno, line in enumerate(lines, start=1):
+        if limit is not None and len(examples) >= limit:
+            break
+        if line.strip():
+            examples.append(_parse_record(line, f"{where}:{lineno}"))
     if not examples:
-        raise UserError(f"{path} holds no HellaSwag examples")
+        raise UserError(f"{where} holds no HellaSwag examples")
     return examples
 
 
@@ -114,8 +119,8 @@ def _parse_record(line: str, where: str) -> dict:
 def download_hellaswag(out_dir="data/hellaswag", url: str = HELLASWAG_VAL_URL, force: bool = False,
                        progress: bool = True) -> Path:
     """Download (or, for a file:// URL, copy) the validation jsonl into ``out_dir``; an existing file is
-    kept unless ``force``. The bytes are read whole (~11 MB) and their first line validated (an HTML error
-    page is refused) before ``atomic_write`` puts them in place: a failure leaves nothing behind."""
+    kept unless ``force``. The bytes are read whole (~11 MB) and every line validated (an HTML error page or a
+    cut-off record is refused) before ``atomic_write`` puts them in place: a failure leaves nothing behind."""
     dest = Path(out_dir) / Path(url).name
     if dest.is_file() and not force:
         return dest
@@ -127,7 +132,7 @@ def download_hellaswag(out_dir="data/hellaswag", url: str = HELLASWAG_VAL_URL, f
                 while chunk := response.read(1 << 20):
                     data += chunk
                     bar.update(len(chunk))
-        _parse_record(data.split(b"\n", 1)[0].decode("utf-8", errors="replace"), f"{url}:1")
+        parse_lines(bytes(data).decode("utf-8", errors="replace").splitlines(), url)  # every line, before writing
         atomic_write(dest, bytes(data))
     except urllib.error.HTTPError as e:
         raise UserError(f"cannot download {url}: HTTP {e.code}") from e
