@@ -10,8 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from experiment.tables import ema
-from utils.report import HELLASWAG_CHANCE, setting_label
+from experiment.tables import ema, sparsity_deltas
+from utils.report import HELLASWAG_CHANCE
 
 GPT2_124M_VAL = 3.2924  # OpenAI GPT-2 124M checkpoint on the FineWeb-EDU val shard
 GPT2_124M_HELLA = 0.294463
@@ -100,17 +100,6 @@ def plot_hellaswag(groups: dict, path: Path) -> None:
     # the legend outside the axes: the reference lines cross the whole width, so no inside corner stays free
     _finish(ax, path, "HellaSwag validation accuracy", "step", "HellaSwag accuracy (acc_norm)", loc="upper left",
             bbox_to_anchor=(1.01, 1.0))
-
-
-def sparsity_deltas(reports: list[dict]) -> dict[tuple, list[float]]:
-    """(model, method, sparsity, N:M label or None) -> the Δ val loss of each run (report) measured there."""
-    deltas: dict[tuple, list[float]] = {}
-    for r in reports:
-        if None not in (r["before"]["val_loss"], r["after"]["val_loss"]):
-            p = r["pruning"]
-            key = (r.get("label") or r["model"], p["method"], p["sparsity"], setting_label(p) if p["nm"] else None)
-            deltas.setdefault(key, []).append(r["after"]["val_loss"] - r["before"]["val_loss"])
-    return deltas
 
 
 def plot_sparsity(reports: list[dict], path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from utils.cli import UserError
 from utils.io import fmt
-from utils.report import at_chance, hellaswag_cell, read_report
+from utils.report import at_chance, hellaswag_cell, read_report, setting_label
 from utils.runlog import RunLog
 
 FULL_HELLASWAG = 10_042  # examples in the validation set: what a logged value means when nothing says otherwise
@@ -177,3 +177,14 @@ def eval_seed_rows(evals: list[dict], reference: str = "gpt2-mlp1536") -> tuple[
                      fmt(statistics.stdev(values) if len(values) > 1 else None, ".4f"), fmt(min(values), ".4f"),
                      fmt(max(values), ".4f"), fmt(gap, "+.4f"), fmt(se, ".4f")])
     return headers, rows
+
+
+def sparsity_deltas(reports: list[dict]) -> dict[tuple, list[float]]:
+    """(model, method, sparsity, N:M label or None) -> the Δ val loss of each run (report) measured there."""
+    deltas: dict[tuple, list[float]] = {}
+    for r in reports:
+        if None not in (r["before"]["val_loss"], r["after"]["val_loss"]):
+            p = r["pruning"]
+            key = (r.get("label") or r["model"], p["method"], p["sparsity"], setting_label(p) if p["nm"] else None)
+            deltas.setdefault(key, []).append(r["after"]["val_loss"] - r["before"]["val_loss"])
+    return deltas

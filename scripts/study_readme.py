@@ -16,10 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiment.tables import eval_seed_rows, load_reports  # noqa: E402
+from experiment.tables import eval_seed_rows, load_reports, sparsity_deltas  # noqa: E402
 from utils.cli import UserError, run_main  # noqa: E402
 from utils.io import atomic_write, markdown_table  # noqa: E402
-from utils.report import at_chance, setting_label  # noqa: E402
+from utils.report import at_chance  # noqa: E402
 
 MODELS = ("gpt2", "ndgpt2", "gpt2-mlp1536")
 METHODS = ("wanda", "magnitude-layer", "magnitude-row")
@@ -102,10 +102,7 @@ def study_block(study: Path) -> str:
     out += ["<details><summary>Per run</summary>", "",
             markdown_table(["run", "params", "val loss", "perplexity"], runs), "", "</details>", ""]
 
-    deltas: dict[tuple, list[float]] = {}
-    for r in sweeps:
-        key = (r["model"], r["pruning"]["method"], setting_label(r["pruning"]))
-        deltas.setdefault(key, []).append(r["after"]["val_loss"] - r["before"]["val_loss"])
+    deltas = {(m, method, nm or f"{100 * s:g}%"): v for (m, method, s, nm), v in sparsity_deltas(sweeps).items()}
     swept = {m for m, _, _ in deltas}
     sweep_seeds = {m: sorted({Path(r["source"]).parent.name for r in sweeps if r["model"] == m}) for m in swept}
     rows = [[m, method, *(mean_cell(deltas.get((m, method, s), []), "+.4f") for s in SETTINGS)]

@@ -377,7 +377,7 @@ def test_eval_seed_rows_mean_std_and_gap_with_its_standard_error():
 
 def test_sparsity_deltas_average_the_runs_of_a_model():
     """Sweeps of two seeds of one model: one key per (model, method, sparsity, N:M), one Δ per run."""
-    from experiment.figures import sparsity_deltas
+    from experiment.tables import sparsity_deltas
 
     def report(model, method, sparsity, nm, before, after):
         return {"model": model, "pruning": {"method": method, "sparsity": sparsity, "nm": nm},
