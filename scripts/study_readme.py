@@ -75,7 +75,8 @@ def study_block(study: Path) -> str:
         raise UserError(f"no final evaluations in {study}/eval yet")
     out = [f"{len(finished)} of {3 * len(MODELS)} training runs finished, {len(evals)} final evaluations, "
            f"{len({(r['model'], r['source']) for r in sweeps})} sparsity sweeps; about "
-           f"{compute_hours(study, evals, sweeps):.1f} h of compute as the logs record it "
+           f"{compute_hours(study, evals, sweeps):.1f} h of compute as the logs record it, "
+           "on 2 cores of an Intel Xeon with AMX "
            f"(`bash scripts/mini_repro.sh` continues anything missing).", ""]
 
     headers, rows = eval_seed_rows(evals)
