@@ -10,16 +10,16 @@ are checked equal. Goal: ours with the cache at least as fast as HF's.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from bench.common import interleaved_medians, machine_line, publish
+from bench.common import bench_parser, interleaved_medians, machine_line, publish
 from models import build_model
 from utils.cli import positive_int, run_main
 
@@ -36,22 +36,13 @@ def cpu_name() -> str:
     return "unknown CPU"
 
 
-def make_case(generate, prompt: torch.Tensor, new: int, outputs: dict, name: str):
-    """A timed call of ``generate(prompt, new)`` that keeps its tokens in ``outputs[name]``."""
-    def run():
-        with torch.inference_mode():
-            outputs[name] = generate(prompt, new)
-    return run
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(__doc__)
     ap.add_argument("--batch", type=positive_int, nargs="+", default=[1, 4], help="batch sizes to run")
     ap.add_argument("--prompt", type=positive_int, default=32, help="prompt tokens")
     ap.add_argument("--new-tokens", type=positive_int, default=128)
     ap.add_argument("--repeats", type=positive_int, default=3)
     ap.add_argument("--threads", type=positive_int, default=2)
-    ap.add_argument("--no-write", action="store_true", help="print only, do not update bench/RESULTS.md")
     args = ap.parse_args()
     if args.prompt + args.new_tokens > CONFIG["block_size"]:
         ap.error(f"--prompt + --new-tokens must be <= {CONFIG['block_size']} (the block size)")
@@ -73,22 +64,22 @@ def main() -> None:
              f"runs; CPU: {cpu_name()}; {machine_line()}.", "",
              "| batch | ours, KV cache | ours, no cache | HF generate(use_cache=True) | cache / no cache | "
              "ours / HF | same tokens |", "|---|---|---|---|---|---|---|"]
+    generators = {"cache": lambda p: ours.generate(p, new, top_k=1),
+                  "no cache": lambda p: ours.generate(p, new, top_k=1, use_cache=False),
+                  "hf": lambda p: hf.generate(p, attention_mask=torch.ones_like(p), do_sample=False, max_new_tokens=new,
+                                              use_cache=True, pad_token_id=0)}
     for batch in tqdm(args.batch, desc="batch sizes"):
         prompt = torch.randint(0, 50257, (batch, args.prompt), generator=torch.Generator().manual_seed(batch))
         outputs: dict[str, torch.Tensor] = {}
-        cases = {name: make_case(fn, prompt, new, outputs, name) for name, fn in (
-            ("cache", lambda p, n: ours.generate(p, n, top_k=1)),
-            ("no cache", lambda p, n: ours.generate(p, n, top_k=1, use_cache=False)),
-            ("hf", lambda p, n: hf.generate(p, attention_mask=torch.ones_like(p), do_sample=False, max_new_tokens=n,
-                                            use_cache=True, pad_token_id=0)))}
-        t = interleaved_medians(cases, repeats=args.repeats, warmup=1)
+        with torch.inference_mode():
+            t = interleaved_medians({name: partial(fn, prompt) for name, fn in generators.items()},
+                                    repeats=args.repeats, warmup=1, results=outputs)
         same = torch.equal(outputs["cache"], outputs["no cache"]) and torch.equal(outputs["cache"], outputs["hf"])
         rate = {name: batch * new / seconds for name, seconds in t.items()}
         lines.append(f"| {batch} | {rate['cache']:,.0f} tok/s | {rate['no cache']:,.0f} tok/s | {rate['hf']:,.0f} tok/s"
                      f" | {rate['cache'] / rate['no cache']:.2f}x | {rate['cache'] / rate['hf']:.2f}x | "
                      f"{'yes' if same else 'no'} |")
-    body = "\n".join(lines)
-    publish("Sampling (bench/bench_generate.py)", body, write=not args.no_write)
+    publish("Sampling (bench/bench_generate.py)", "\n".join(lines), write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -10,22 +10,22 @@ identical acc / acc_norm counts. Goal: batched >= 2.5x faster.
 
 from __future__ import annotations
 
-import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from bench.common import interleaved_medians, machine_line, write_section
+from bench.common import bench_parser, interleaved_medians, machine_line, publish
 from models import build_model
 from utils.cli import UserError, pick_device, run_main
 from utils.hellaswag import HELLASWAG_CONVENTIONS, default_hellaswag_path, evaluate_hellaswag, load_hellaswag
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(__doc__)
     ap.add_argument("--hellaswag", help="HellaSwag jsonl (default: found as utils.hellaswag does)")
     ap.add_argument("--examples", type=int, default=200, help="examples per run (default: %(default)s)")
     ap.add_argument("--batch-size", type=int, default=16, help="examples per forward, batched scorer")
@@ -34,7 +34,6 @@ def main() -> None:
                     help="HellaSwag convention (utils/hellaswag.py; default: %(default)s)")
     ap.add_argument("--device", help="cpu / cuda (default: best available)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-write", action="store_true", help="print only, do not update bench/RESULTS.md")
     args = ap.parse_args()
     if args.examples < 1 or args.repeats < 1:
         raise UserError("--examples and --repeats must be >= 1")
@@ -43,17 +42,11 @@ def main() -> None:
     model = build_model("gpt2", n_layer=4, n_head=4, n_embd=256, vocab_size=50304).to(device).eval()
     examples = load_hellaswag(default_hellaswag_path(args.hellaswag), limit=args.examples)
 
+    score = partial(evaluate_hellaswag, model, examples, device=device, progress=False, convention=args.convention)
     results = {}
-
-    def case(name, **kw):
-        def run():
-            results[name] = evaluate_hellaswag(model, examples, device=device, progress=False,
-                                               convention=args.convention, **kw)
-        return run
-
-    times = interleaved_medians({"per_example": case("per_example", per_example=True),
-                                 "batched": case("batched", batch_size=args.batch_size, amp=False)},
-                                repeats=args.repeats, warmup=1)
+    times = interleaved_medians({"per_example": partial(score, per_example=True),
+                                 "batched": partial(score, batch_size=args.batch_size, amp=False)},
+                                repeats=args.repeats, warmup=1, results=results)
     if results["batched"] != results["per_example"]:
         raise SystemExit(f"bench_hellaswag: counts differ: batched {results['batched']} vs "
                          f"per-example {results['per_example']}")
@@ -70,9 +63,7 @@ def main() -> None:
         lines.append(f"| {label} | {times[name]:.2f} s | {n / times[name]:.1f} | {r['acc']:.4f} | "
                      f"{r['acc_norm']:.4f} |")
     lines += ["", f"Identical counts; speed-up **{ratio:.2f}x** (goal >= 2.5x)."]
-    print("\n".join(lines))
-    if not args.no_write:
-        write_section("HellaSwag evaluation", "\n".join(lines))
+    publish("HellaSwag evaluation", "\n".join(lines), write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ of ``nn.Linear(768, 1536)`` and faster than the package, fp32 and bf16 autocast.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -18,15 +17,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from torch import nn
 
-from bench.common import interleaved_medians, machine_line, write_section
+from bench.common import bench_parser, interleaved_medians, machine_line, write_section
 from models.ndlinear import NdLinear
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(__doc__)
     ap.add_argument("--rows", type=int, default=4096)
     ap.add_argument("--repeats", type=int, default=9)
-    ap.add_argument("--no-write", action="store_true", help="print only, do not update bench/RESULTS.md")
     args = ap.parse_args()
     try:
         from ndlinear import NdLinear as PackageNdLinear

@@ -10,7 +10,6 @@ returning [EOT] + tokens as uint16. Goal: >= 1.7x with 2 workers.
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import statistics
@@ -21,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from bench.common import interleaved_medians, machine_line, write_section
+from bench.common import bench_parser, interleaved_medians, machine_line, publish
 from utils.cli import UserError, run_main
 from utils.tokenizer import document_tokenizer, get_encoding
 
@@ -47,13 +46,12 @@ def load_documents(corpus: Path, megabytes: float, doc_chars: int) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(__doc__)
     ap.add_argument("--megabytes", type=float, default=4.0, help="millions of characters to tokenize")
     ap.add_argument("--doc-chars", type=int, default=4000, help="approximate document length")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--chunksize", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--no-write", action="store_true", help="print only, do not update bench/RESULTS.md")
     args = ap.parse_args()
     if args.workers < 2 or args.repeats < 1 or args.megabytes <= 0:
         raise UserError("need --workers >= 2, --repeats >= 1 and --megabytes > 0")
@@ -87,7 +85,7 @@ def main() -> None:
     t = interleaved_medians({"single": single, "parallel": parallel}, repeats=args.repeats, warmup=1)
     load = max(load_before, os.getloadavg()[0])  # other processes on the machine take CPUs from the pool
     speedup = t["single"] / t["parallel"]
-    cmd = "python bench/bench_tokenize.py" + "".join(f" {a}" for a in sys.argv[1:])
+    cmd = " ".join(["python bench/bench_tokenize.py", *sys.argv[1:]])
     lines = [f"`{cmd}` — {len(docs)} documents, {sum(map(len, docs)) / 1e6:.1f} M characters, "
              f"{n_tokens / 1e6:.2f} M tokens (text_corpus prose); median of {args.repeats} interleaved "
              f"repetitions, pool start-up included; {machine_line()}, {os.cpu_count()} CPUs, "
@@ -98,9 +96,7 @@ def main() -> None:
              f"| pool of {args.workers} workers (data/fineweb.py path) | {t['parallel']:.2f} | "
              f"{n_tokens / t['parallel'] / 1e6:.2f} M | {speedup:.2f}x | "
              f"{statistics.median(cpu['parallel']):.2f} |"]
-    print("\n".join(lines))
-    if not args.no_write:
-        write_section("Tokenization", "\n".join(lines))
+    publish("Tokenization", "\n".join(lines), write=not args.no_write)
 
 
 if __name__ == "__main__":

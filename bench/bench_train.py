@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from bench.common import interleaved_medians, machine_line, write_section
+from bench.common import bench_parser, interleaved_medians, machine_line, publish
 from models import build_model
 from models.kernels import use_cpu_kernels
 from utils.malloc import keep_freed_memory
@@ -46,13 +46,8 @@ def hf_gpt2():
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
     """bf16 FLOP/s of an n x n x n matmul (median of ``repeats``)."""
     a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / sorted(times)[len(times) // 2]
+    seconds = interleaved_medians({"matmul": partial(torch.matmul, a, b)}, repeats=repeats, warmup=1)["matmul"]
+    return 2 * n**3 / seconds
 
 
 def flops_per_token(model) -> float:
@@ -64,7 +59,7 @@ def flops_per_token(model) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(__doc__)
     ap.add_argument("--batch", type=int, default=4, help="sequences per step")
     ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast")
@@ -72,7 +67,6 @@ def main() -> None:
     ap.add_argument("--default-malloc", action="store_true",
                     help="leave glibc malloc as it is (default: utils.malloc.keep_freed_memory, as train_gpt.py "
                          "does on the CPU)")
-    ap.add_argument("--no-write", action="store_true", help="print only, do not update bench/RESULTS.md")
     args = ap.parse_args()
     if args.batch < 1 or args.repeats < 1:
         sys.exit("bench_train.py: error: --batch and --repeats must be >= 1")
@@ -80,6 +74,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     kept = not args.default_malloc and keep_freed_memory()
     malloc = "malloc keeps freed memory" if kept else "glibc malloc defaults"
+    precision = "bf16 autocast" if args.amp else "fp32"
 
     torch.manual_seed(0)
     T = CONFIG["block_size"]
@@ -90,9 +85,8 @@ def main() -> None:
         "GPT2LMHeadModel (HF)": hf_gpt2(),
         "NdGPT-2 (ours)": build_model("ndgpt2", **CONFIG),
     }
-    for name, model in models.items():
-        if "ours" in name:
-            use_cpu_kernels(model)  # as experiment/train_gpt.py runs on the CPU without --compile
+    for model in models.values():
+        use_cpu_kernels(model)  # ours only (HF's holds no GPT), as train_gpt.py runs on the CPU without --compile
 
     def make_step(name, model):
         # the same (fused) AdamW for every model: the ratio compares the models' fwd+bwd
@@ -115,10 +109,8 @@ def main() -> None:
     base = medians["GPT-2 (ours)"]
     lines = [f"`python bench/bench_train.py --batch {args.batch} --repeats {args.repeats}"
              f"{'' if args.amp else ' --no-amp'}{' --default-malloc' if args.default_malloc else ''}` — "
-             "fwd+bwd+AdamW, "
-             f"{'bf16 autocast' if args.amp else 'fp32'}, "
-             f"6 layers x 384, 6 heads, T {T}, batch {args.batch}, vocab 50304; median of {args.repeats} "
-             f"interleaved steps (each after an untimed one); {malloc}; {machine_line()}. "
+             f"fwd+bwd+AdamW, {precision}, 6 layers x 384, 6 heads, T {T}, batch {args.batch}, vocab 50304; "
+             f"median of {args.repeats} interleaved steps (each after an untimed one); {malloc}; {machine_line()}. "
              f"bf16 matmul peak measured: {peak / 1e9:.1f} GFLOP/s.", "",
              "| model | params | ms/step | tokens/s | speed vs GPT-2 (ours) | MFU |",
              "|---|---|---|---|---|---|"]
@@ -133,11 +125,8 @@ def main() -> None:
     lines += ["", f"ours / HF speed-up: **{ours_vs_hf:.3f}x** (goal >= 1.1x); NdGPT-2 / GPT-2 speed-up: "
               f"**{nd_vs_gpt:.3f}x** (goal >= 1.05x). Ratios of interleaved medians are the robust figures; "
               "absolute times move with the machine's load."]
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        defaults = ", glibc malloc defaults" if args.default_malloc else ""
-        write_section(f"Training step ({'bf16 autocast' if args.amp else 'fp32'}{defaults})", body)
+    defaults = ", glibc malloc defaults" if args.default_malloc else ""
+    publish(f"Training step ({precision}{defaults})", "\n".join(lines), write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ while the norms are gathered, models.ndlinear.literal_path).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -18,14 +17,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from bench.common import interleaved_medians, machine_line, publish
+from bench.common import bench_parser, interleaved_medians, machine_line, publish
 from models import build_model
 from pruning.wanda import prune_wanda
 from utils.cli import UserError, run_main
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(__doc__)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--samples", type=int, default=32, help="calibration sequences")
@@ -33,7 +32,6 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8, help="sequences per forward (both cases)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-write", action="store_true", help="print only, do not update bench/RESULTS.md")
     args = ap.parse_args()
     if min(args.layers, args.width, args.samples, args.seq_len, args.batch_size, args.repeats) < 1:
         raise UserError("every size must be >= 1")
@@ -64,8 +62,7 @@ def main() -> None:
         lines.append(f"| {name} | {t['forward']:.2f} s | {t['wanda']:.2f} s | {ratio:.2f}x | "
                      f"{'yes' if ratio <= 3 else 'NO'} |")
         print(lines[-1], flush=True)
-    body = "\n".join(lines)
-    publish("Wanda", body, write=not args.no_write)
+    publish("Wanda", "\n".join(lines), write=not args.no_write)
 
 
 if __name__ == "__main__":

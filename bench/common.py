@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
 import re
 import statistics
@@ -13,12 +14,20 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
-def interleaved_medians(cases: dict, repeats: int = 7, warmup: int = 2, settle: int = 0) -> dict[str, float]:
+def bench_parser(doc: str) -> argparse.ArgumentParser:
+    """A benchmark's argument parser: its docstring as the description, and --no-write."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--no-write", action="store_true", help="print only, do not update bench/RESULTS.md")
+    return ap
+
+
+def interleaved_medians(cases: dict, repeats: int = 7, warmup: int = 2, settle: int = 0,
+                        results: dict | None = None) -> dict[str, float]:
     """Run every case once per round, ``repeats`` rounds, and return the median seconds per case.
 
     Interleaving spreads machine noise (other processes, turbo) evenly over the cases compared.
     ``settle`` untimed calls precede each timed one, so a case does not pay for the allocator and
-    cache state the case before it left behind.
+    cache state the case before it left behind. ``results``, if given, receives each case's last return value.
     """
     for _ in range(warmup):
         for fn in cases.values():
@@ -29,8 +38,10 @@ def interleaved_medians(cases: dict, repeats: int = 7, warmup: int = 2, settle: 
             for _ in range(settle):
                 fn()
             t0 = time.perf_counter()
-            fn()
+            out = fn()
             times[name].append(time.perf_counter() - t0)
+            if results is not None:
+                results[name] = out
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 

@@ -59,11 +59,9 @@ def check_args(args: argparse.Namespace) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if not 0 < args.val_fraction < 1:
         raise UserError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
-    if args.input is None:
-        local_only = [flag for flag, used in (("--val-docs", args.val_docs is not None),
-                                              ("--strip-gutenberg", args.strip_gutenberg)) if used]
-        if local_only:
-            raise UserError(f"{local_only[0]} only applies to --input files")
+    for flag, used in (("--val-docs", args.val_docs is not None), ("--strip-gutenberg", args.strip_gutenberg)):
+        if used and args.input is None:
+            raise UserError(f"{flag} only applies to --input files")
     if args.builtin and (args.max_tokens is not None or args.prefix is not None):
         raise UserError("--builtin takes no --max-tokens / --prefix")
     if args.prefix is not None and not args.prefix.replace("-", "").replace("_", "").isalnum():
@@ -73,22 +71,18 @@ def check_args(args: argparse.Namespace) -> None:
 def main() -> None:
     args = parse_args()
     check_args(args)
+    common = {"prefix": args.prefix or "edufineweb", "shard_size": args.shard_size or 100_000_000,
+              "max_tokens": args.max_tokens, "workers": args.workers, "overwrite": args.overwrite}
     if args.builtin:
         out_dir = args.out_dir or "data/builtin"
         manifest = build_builtin(out_dir, shard_size=args.shard_size or BUILTIN_SHARD_SIZE, seed=args.seed)
     elif args.input:
         out_dir = args.out_dir or "data/custom"
-        manifest = build_from_files(
-            args.input, out_dir, prefix=args.prefix or "edufineweb",
-            shard_size=args.shard_size or 100_000_000,
-            val_docs=args.val_docs, val_fraction=args.val_fraction, seed=args.seed,
-            strip=args.strip_gutenberg, max_tokens=args.max_tokens, workers=args.workers,
-            overwrite=args.overwrite)
+        manifest = build_from_files(args.input, out_dir, val_docs=args.val_docs, val_fraction=args.val_fraction,
+                                    seed=args.seed, strip=args.strip_gutenberg, **common)
     else:
         out_dir = args.out_dir or "data/edu_fineweb10B"
-        manifest = build_fineweb(out_dir, prefix=args.prefix or "edufineweb",
-                                 shard_size=args.shard_size or 100_000_000, max_tokens=args.max_tokens,
-                                 workers=args.workers, overwrite=args.overwrite)
+        manifest = build_fineweb(out_dir, **common)
     shards = manifest["shards"]
     state = "up to date, nothing to do" if manifest["skipped"] else "written"
     print(f"{out_dir}: {state}")

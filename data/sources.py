@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from utils.cli import UserError
@@ -42,12 +41,6 @@ def strip_gutenberg(text: str) -> str:
 
 
 # ----------------------------------------------------------------------------- local files
-
-@dataclass(frozen=True)
-class InputFile:
-    path: Path
-    n_docs: int
-
 
 def _read_text(path: Path) -> str:
     try:
@@ -99,8 +92,8 @@ def file_texts(path: Path, strip: bool = False) -> Iterator[str]:
         yield strip_gutenberg(text) if strip else text
 
 
-def check_inputs(paths: Iterable[str | Path], strip: bool = False) -> list[InputFile]:
-    """Validate every input file before anything is written; count its non-empty documents."""
+def check_inputs(paths: Iterable[str | Path], strip: bool = False) -> list[tuple[Path, int]]:
+    """Validate every input file before anything is written: (path, number of non-empty documents) each."""
     files = []
     for p in paths:
         path = Path(p)
@@ -112,24 +105,22 @@ def check_inputs(paths: Iterable[str | Path], strip: bool = False) -> list[Input
             raise UserError(f"input {path} is not a regular file")
         if path.stat().st_size == 0:
             raise UserError(f"input file {path} is empty")
-        files.append(InputFile(path, sum(1 for text in file_texts(path, strip) if text)))
+        files.append((path, sum(1 for text in file_texts(path, strip) if text)))
     if not files:
         raise UserError("no input files given")
-    if sum(f.n_docs for f in files) == 0:
+    if sum(n for _, n in files) == 0:
         raise UserError("empty corpus: the input files hold no non-empty document")
     return files
 
 
-def file_documents(files: list[InputFile], doc_ids: set[int], strip: bool = False) -> Iterator[str]:
+def file_documents(files: list[tuple[Path, int]], doc_ids: set[int], strip: bool = False) -> Iterator[str]:
     """The non-empty documents of ``files`` whose running index is in ``doc_ids``, in file order."""
     i = 0
-    for f in files:
-        if f.path.suffix == ".txt":  # one document: skip the file without reading it
-            if i in doc_ids:
-                yield from filter(None, file_texts(f.path, strip))
-            i += f.n_docs
+    for path, n_docs in files:
+        if path.suffix == ".txt" and i not in doc_ids:  # one document: skip the file without reading it
+            i += n_docs
             continue
-        for text in filter(None, file_texts(f.path, strip)):  # empty documents are dropped
+        for text in filter(None, file_texts(path, strip)):  # empty documents are dropped
             if i in doc_ids:
                 yield text
             i += 1
@@ -141,12 +132,12 @@ def build_from_files(inputs: Iterable[str | Path], out_dir: str | Path, prefix: 
                      overwrite: bool = False) -> dict:
     """Shards from local files; val = whole documents drawn with ``seed``. Returns the manifest."""
     files = check_inputs(inputs, strip)
-    n_docs = sum(f.n_docs for f in files)
+    n_docs = sum(n for _, n in files)
     val_ids = pick_val_docs(n_docs, seed, val_docs, val_fraction)
     settings = {"format": MANIFEST_VERSION, "source": "files", "shard_size": shard_size, "prefix": prefix,
                 "seed": seed, "val_docs": sorted(val_ids), "strip_gutenberg": strip, "max_tokens": max_tokens,
-                "inputs": [{"path": str(f.path.resolve()), "bytes": f.path.stat().st_size,
-                            "mtime_ns": f.path.stat().st_mtime_ns} for f in files]}
+                "inputs": [{"path": str(path.resolve()), "bytes": path.stat().st_size,
+                            "mtime_ns": path.stat().st_mtime_ns} for path, _ in files]}
     splits = [("val", file_documents(files, val_ids, strip)),
               ("train", file_documents(files, set(range(n_docs)) - val_ids, strip))]
     # big documents (whole books) balance badly in large chunks; many small ones want larger chunks

@@ -28,20 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiment import figures
-from experiment.tables import (
-    EVAL_HEADERS,
-    FULL_HELLASWAG,
-    default_labels,
-    eval_rows,
-    eval_seed_rows,
-    group_by_label,
-    load_reports,
-    run_setting,
-    seed_rows,
-    summarize,
-    summary_rows,
-)
+from experiment import figures, tables
 from utils.cli import UserError, check_writable_dir, positive_int, run_main
 from utils.io import atomic_write, markdown_table, text_table
 from utils.report import PRUNING_HEADERS, pruning_rows
@@ -67,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "(default: total_batch from the run.json beside each log)")
     ap.add_argument("--hella-n", type=positive_int, default=None,
                     help="examples behind each logged HellaSwag value, which decides 'at chance' (default: "
-                         f"hellaswag_limit from run.json, else all {FULL_HELLASWAG:,})")
+                         f"hellaswag_limit from run.json, else all {tables.FULL_HELLASWAG:,})")
     return ap.parse_args(argv)
 
 
@@ -93,13 +80,13 @@ def main(argv: list[str] | None = None) -> None:
     tokens = per_log(args.tokens_per_step, len(args.logs), "--tokens-per-step")
 
     # read and check every input before anything is written
-    labels = args.labels or default_labels(args.logs)
+    labels = args.labels or tables.default_labels(args.logs)
     runs = [read_log(path, label) for path, label in zip(args.logs, labels)]
-    reports = load_reports(args.pruning, "pruning")
-    evals = load_reports(args.evals, "eval")
-    tokens = [t or run_setting(p, "total_batch") for t, p in zip(tokens, args.logs)]
-    hella_n = [args.hella_n or run_setting(p, "hellaswag_limit") or FULL_HELLASWAG for p in args.logs]
-    groups = group_by_label(runs)
+    reports = tables.load_reports(args.pruning, "pruning")
+    evals = tables.load_reports(args.evals, "eval")
+    tokens = [t or tables.run_setting(p, "total_batch") for t, p in zip(tokens, args.logs)]
+    hella_n = [args.hella_n or tables.run_setting(p, "hellaswag_limit") or tables.FULL_HELLASWAG for p in args.logs]
+    groups = tables.group_by_label(runs)
     tokens_per_step = {}
     for run, t in zip(runs, tokens):
         if tokens_per_step.setdefault(run.label, t) != t:
@@ -118,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         md.extend([f"## {title}", "", markdown_table(headers, rows, n_left), ""])
 
     if runs:
-        summaries = [summarize(run, n) for run, n in zip(runs, hella_n)]
+        summaries = [tables.summarize(run, n) for run, n in zip(runs, hella_n)]
         figures.plot_losses(groups, args.out_dir / "loss.png", args.smooth)
         figures.plot_val_tokens(groups, tokens_per_step, args.out_dir / "val_tokens.png")
         written += ["loss.png", "val_tokens.png"]
@@ -127,16 +114,16 @@ def main(argv: list[str] | None = None) -> None:
             written.append("hellaswag.png")
         elif any(s["last_hella"] is not None for s in summaries):
             print("hellaswag.png left out: every run ends at chance (see the table)")
-        table("Runs", *summary_rows(summaries))
+        table("Runs", *tables.summary_rows(summaries))
         if any(len(g) > 1 for g in groups.values()):
-            table("Final val loss over seeds", *seed_rows(groups, tokens_per_step))
+            table("Final val loss over seeds", *tables.seed_rows(groups, tokens_per_step))
     if reports:
         figures.plot_sparsity(reports, args.out_dir / "sparsity.png")
         written.append("sparsity.png")
         table("Pruning", PRUNING_HEADERS, pruning_rows(reports), n_left=3)
     if evals:
-        table("Evaluation", EVAL_HEADERS, eval_rows(evals))
-        table("Held-out val loss over seeds", *eval_seed_rows(evals))
+        table("Evaluation", tables.EVAL_HEADERS, tables.eval_rows(evals))
+        table("Held-out val loss over seeds", *tables.eval_seed_rows(evals))
     atomic_write(args.out_dir / "summary.md", "\n".join(md))
     written.append("summary.md")
     print(f"\nwrote {', '.join(written)} to {args.out_dir}")

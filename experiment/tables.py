@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from itertools import accumulate
+from operator import itemgetter
 from pathlib import Path
 
 from utils.cli import UserError
@@ -23,11 +25,7 @@ def default_labels(paths: list[Path]) -> list[str]:
 
 def ema(values: list[float], factor: float) -> list[float]:
     """Exponential moving average, ``s = factor*s + (1-factor)*x``, started at the first value."""
-    out, s = [], None
-    for x in values:
-        s = x if s is None else factor * s + (1 - factor) * x
-        out.append(s)
-    return out
+    return list(accumulate(values, lambda s, x: factor * s + (1 - factor) * x))
 
 
 def run_setting(log_path: Path, key: str):
@@ -48,10 +46,7 @@ def run_setting(log_path: Path, key: str):
 def _argbest(series: dict[int, float], best) -> tuple[int | None, float | None]:
     """Step and value of the best finite entry (earliest step on ties); (None, None) if none."""
     finite = [(s, v) for s, v in sorted(series.items()) if math.isfinite(v)]
-    if not finite:
-        return None, None
-    value = best(v for _, v in finite)
-    return next(s for s, v in finite if v == value), value
+    return best(finite, key=itemgetter(1), default=(None, None))
 
 
 def _last(series: dict[int, float]) -> float | None:
@@ -63,14 +58,13 @@ def summarize(run: RunLog, hella_n: int = FULL_HELLASWAG) -> dict:
     _, min_train = _argbest(run.series["train"], min)
     min_val_step, min_val = _argbest(run.series["val"], min)
     max_hella_step, max_hella = _argbest(run.series["hella"], max)
-    all_steps = [s for series in run.series.values() for s in series]
     last_hella = _last(run.series["hella"])
     return {
         "label": run.label,
         "min_train": min_train,
         "min_val": min_val, "min_val_step": min_val_step,
         "max_hella": max_hella, "max_hella_step": max_hella_step,
-        "last_step": max(all_steps) if all_steps else None,
+        "last_step": max((s for series in run.series.values() for s in series), default=None),
         "last_train": _last(run.series["train"]),
         "last_val": _last(run.series["val"]),
         "last_hella": last_hella,

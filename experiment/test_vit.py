@@ -14,15 +14,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.cli import ArgumentParser, UserError, pick_device, positive_int, run_main
-from utils.params import count_params
 from utils.vision_data import evaluate, load_image_data, load_vit
 
 PROG = "test_vit.py"
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(prog=PROG, description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint written by train_vit.py")
     p.add_argument("--data", default=None,
                    help="synthetic, cifar10 or PATH (default: the data the checkpoint was trained on)")
@@ -37,14 +35,12 @@ def main(argv=None):
     args = parse_args(argv)
     device = pick_device(args.device)
     model, ckpt = load_vit(args.ckpt, device)
-    data = load_image_data(args.data or ckpt.get("data", "synthetic"),
-                           *ckpt.get("synthetic_size", (2000, 500)))
+    data = load_image_data(args.data or ckpt.get("data", "synthetic"), *ckpt.get("synthetic_size", ()))
     if data.num_classes != model.config.num_classes:
-        raise UserError(f"checkpoint has {model.config.num_classes} classes, "
-                        f"{data.name} has {data.num_classes}")
+        raise UserError(f"checkpoint has {model.config.num_classes} classes, {data.name} has {data.num_classes}")
     result = evaluate(model, data.test.head(args.limit), args.batch_size, device, desc="test")
     report = {"ckpt": str(args.ckpt), "model": ckpt["model_name"], "epoch": ckpt.get("epoch"),
-              "data": data.name, "params": count_params(model)["total"], **result}
+              "data": data.name, "params": model.num_params(), **result}
     if args.json:
         print(json.dumps(report))
     else:

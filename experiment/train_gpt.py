@@ -34,17 +34,21 @@ from tqdm import tqdm
 
 from experiment.train_summary import flops_per_token, peak_flops, write_summary
 from models.gpt2 import GPT
+from models.kernels import use_cpu_kernels
 from utils import rundir
 from utils import train_config as tc
 from utils.checkpoint import save_checkpoint, unwrap
 from utils.cli import ArgumentParser, UserError, check_writable_dir, nonneg_int, pick_device, positive_int, run_main
 from utils.evaluation import all_reduce_mean, evaluate_loss, sample_texts
+from utils.hellaswag import evaluate_hellaswag, load_hellaswag_if_found
+from utils.loader import ShardLoader, default_order
 from utils.malloc import keep_freed_memory
 from utils.precision import autocast, resolve_amp
 from utils.runlog import append_lines, format_event
 from utils.seed import get_rng_state, seed_everything, set_rng_state
+from utils.shards import prepare_builtin_corpus
 from utils.tokenizer import get_encoding
-from utils.train_config import TRAIN_PRESETS, TrainConfig
+from utils.train_config import TRAIN_PRESETS
 
 PROG = "train_gpt.py"
 KILL_AFTER_STEP_ENV = "NDGPT2_KILL_AFTER_STEP"  # test hook: SIGKILL ourselves after logging this train step
@@ -116,10 +120,9 @@ def main(argv=None) -> None:
 
 
 def evaluate(step: int, model, val_loader, val_steps: int, hellaswag, enc, prompt: str, device: str, amp: bool,
-             rank: int, world: int, say) -> tuple[float, list[str], list[str]]:
-    """(val loss, log lines, 4 sample texts) at ``step``; ``model`` may be compiled or DDP-wrapped."""
-    from utils.hellaswag import evaluate_hellaswag
-
+             rank: int, world: int, out: Path, say) -> float:
+    """Val loss, HellaSwag and 4 samples at ``step``, which rank 0 appends to out-dir's log.txt and samples.txt;
+    returns the val loss. ``model`` may be compiled or DDP-wrapped."""
     val_loss = evaluate_loss(model, val_loader, val_steps, device, amp, world)
     say(f"step {step:5d} | val loss {val_loss:.4f}")
     lines = [format_event(step, "val", val_loss)]
@@ -132,24 +135,12 @@ def evaluate(step: int, model, val_loader, val_steps: int, hellaswag, enc, promp
     prompt_len = len(enc.encode(prompt)) if prompt else 1
     texts = sample_texts(unwrap(model), enc, prompt, 4, max(1, 32 - prompt_len), top_k=50, seed=42 + rank,
                          device=device, amp=amp)
-    return val_loss, lines, texts
-
-
-def record_evaluation(out: Path, step: int, lines: list[str], texts: list[str], say) -> None:
-    append_lines(out / "log.txt", lines)
-    for i, text in enumerate(texts):
-        say(f"sample {i}: {text!r}")
-    append_lines(out / "samples.txt", [f"=== step {step} ==="] + [f"[{i}] {text}" for i, text in enumerate(texts)])
-
-
-def save(out: Path, step: int, model, optimizer, train_loader, cfg: TrainConfig, val_loss: float,
-         train_time: float, wall_time: float) -> None:
-    """Checkpoint ``step`` with everything --resume needs, then the checkpoint policy for older ones."""
-    save_checkpoint(rundir.checkpoint_path(out, step), model, kind="gpt", model_name=cfg.model,
-                    optimizer=optimizer.state_dict(), step=step, val_loss=val_loss,
-                    data_state=train_loader.state_dict(), rng=get_rng_state(), train_config=asdict(cfg),
-                    train_time=train_time, wall_time=wall_time)
-    rundir.apply_policy(out, cfg.keep_checkpoints, cfg.full_checkpoints)
+    if rank == 0:
+        append_lines(out / "log.txt", lines)
+        for i, text in enumerate(texts):
+            say(f"sample {i}: {text!r}")
+        append_lines(out / "samples.txt", [f"=== step {step} ==="] + [f"[{i}] {text}" for i, text in enumerate(texts)])
+    return val_loss
 
 
 def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
@@ -167,9 +158,7 @@ def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
         raise UserError(f"--prompt {cfg.prompt!r} contains the special token(s) {', '.join(special)}; remove them")
     check_writable_dir(out, "--out-dir")
     grad_accum = tc.grad_accum_steps(cfg, world)
-    from utils.loader import ShardLoader, default_order  # optional until a run needs them
     if tc.same_path(cfg.data, tc.BUILTIN_DATA):
-        from utils.shards import prepare_builtin_corpus
         if master:
             prepare_builtin_corpus(str(tc.BUILTIN_DATA))
         if ddp:
@@ -181,10 +170,7 @@ def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
     train_loader = ShardLoader(cfg.data, "train", cfg.micro_batch, cfg.seq_len, order=cfg.order, **loader_args)
     val_loader = ShardLoader(cfg.data, "val", cfg.micro_batch, cfg.seq_len, shuffle=False, **loader_args)
     val_steps = tc.val_steps(cfg, world)
-    hellaswag = None
-    if not cfg.no_hellaswag:
-        from utils.hellaswag import load_hellaswag_if_found
-        hellaswag = load_hellaswag_if_found(cfg.hellaswag, cfg.hellaswag_limit, note=say)  # bad file: error now
+    hellaswag = None if cfg.no_hellaswag else load_hellaswag_if_found(cfg.hellaswag, cfg.hellaswag_limit, note=say)
 
     # ---- model, optimizer, state
     seed_everything(cfg.seed)
@@ -216,7 +202,6 @@ def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[int(device.split(":")[1])] if device_type == "cuda" else None)
     if device_type == "cpu" and not compile_model:  # eager CPU only: under torch.compile the plain loss is traced
-        from models.kernels import use_cpu_kernels
         use_cpu_kernels(raw_model)  # after DDP, which would expect a sparse gradient from a sparse embedding
     n_params = sum(p.numel() for p in raw_model.parameters())
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in raw_model.state_dict().values()}
@@ -235,12 +220,15 @@ def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
     for step in range(start_step, cfg.max_steps + 1):
         last = step == cfg.max_steps
         if (step % cfg.eval_every == 0 or last) and not (resume_from and step == start_step):  # resumed: done
-            val_loss, lines, texts = evaluate(step, model, val_loader, val_steps, hellaswag, enc, cfg.prompt,
-                                              device, amp, rank, world, say)
-            if master:
-                record_evaluation(out, step, lines, texts, say)
-                save(out, step, raw_model, optimizer, train_loader, cfg, val_loss, time_before["train"] + train_time,
-                     time_before["wall"] + time.time() - wall_start)
+            val_loss = evaluate(step, model, val_loader, val_steps, hellaswag, enc, cfg.prompt, device, amp, rank,
+                                world, out, say)
+            if master:  # a checkpoint with everything --resume needs, then the policy for the older ones
+                save_checkpoint(rundir.checkpoint_path(out, step), raw_model, kind="gpt", model_name=cfg.model,
+                                optimizer=optimizer.state_dict(), step=step, val_loss=val_loss,
+                                data_state=train_loader.state_dict(), rng=get_rng_state(), train_config=asdict(cfg),
+                                train_time=time_before["train"] + train_time,
+                                wall_time=time_before["wall"] + time.time() - wall_start)
+                rundir.apply_policy(out, cfg.keep_checkpoints, cfg.full_checkpoints)
         if last:
             break
         t0 = time.time()
@@ -257,11 +245,11 @@ def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
             loss = loss / grad_accum
             loss_accum += loss.detach()
             loss.backward()
-        loss_accum = all_reduce_mean(loss_accum, world)
-        norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip or float("inf"))
-        if not (math.isfinite(loss_accum.item()) and math.isfinite(norm.item())):
-            raise TrainingDiverged(f"non-finite {'loss' if not math.isfinite(loss_accum.item()) else 'grad norm'} "
-                                   f"at step {step} (loss {loss_accum.item()}, grad norm {norm.item()}); "
+        train_loss = all_reduce_mean(loss_accum, world).item()
+        norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip or float("inf")).item()
+        if not (math.isfinite(train_loss) and math.isfinite(norm)):
+            raise TrainingDiverged(f"non-finite {'grad norm' if math.isfinite(train_loss) else 'loss'} "
+                                   f"at step {step} (loss {train_loss}, grad norm {norm}); "
                                    "stopped without saving; lower --lr or resume from an earlier checkpoint")
         lr = tc.cosine_lr(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
         for group in optimizer.param_groups:
@@ -272,8 +260,8 @@ def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
         dt = time.time() - t0
         train_time += dt
         if master:
-            append_lines(out / "log.txt", [format_event(step, "train", loss_accum.item())])
-        say(f"step {step:5d} | loss {loss_accum.item():.6f} | lr {lr:.4e} | norm {norm.item():.4f} | "
+            append_lines(out / "log.txt", [format_event(step, "train", train_loss)])
+        say(f"step {step:5d} | loss {train_loss:.6f} | lr {lr:.4e} | norm {norm:.4f} | "
             f"dt {dt * 1000:.2f}ms | tok/sec {cfg.total_batch / dt:,.0f}")
         bar.update(1)
         if step == kill_after:
@@ -281,11 +269,10 @@ def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
     bar.close()
 
     if master:  # ---- final and best values against GPT-2 / GPT-3
-        session_steps = cfg.max_steps - start_step
         table = write_summary(
             out, model=cfg.model, preset=cfg.preset, params=n_params, tokens_per_step=cfg.total_batch,
             hellaswag_n=len(hellaswag) if hellaswag is not None else None,
-            tokens_per_sec=session_steps * cfg.total_batch / train_time if train_time > 0 else None,
+            tokens_per_sec=(cfg.max_steps - start_step) * cfg.total_batch / train_time if train_time > 0 else None,
             train_time=time_before["train"] + train_time, wall_time=time_before["wall"] + time.time() - wall_start,
             final_checkpoint=rundir.checkpoint_path(out, cfg.max_steps).name,
             flops_per_token=flops_per_token(n_params, model_config.n_layer, model_config.n_embd, cfg.seq_len),
@@ -295,13 +282,11 @@ def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
 
 
 def cli() -> None:
-    def guarded():
-        try:
-            main()
-        except TrainingDiverged as e:
-            print(f"{PROG}: error: {e}", file=sys.stderr)
-            sys.exit(3)
-    run_main(guarded, PROG)
+    try:
+        run_main(main, PROG)
+    except TrainingDiverged as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

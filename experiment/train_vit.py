@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 import time
 from pathlib import Path
@@ -23,38 +22,28 @@ from tqdm import tqdm
 
 from models import VIT_NAMES, build_vit
 from utils.checkpoint import load_checkpoint, save_checkpoint
-from utils.cli import (
-    ArgumentParser,
-    UserError,
-    nonneg_float,
-    pick_device,
-    positive_float,
-    positive_int,
-    run_main,
-)
-from utils.params import count_params
+from utils.cli import ArgumentParser, UserError, nonneg_float, pick_device, positive_float, positive_int, run_main
+from utils.precision import autocast
+from utils.rundir import run_checkpoints
 from utils.seed import seed_everything
-from utils.vision_data import autocast, evaluate, iterate_batches, load_image_data
+from utils.vision_data import evaluate, iterate_batches, load_image_data
 
 PROG = "train_vit.py"
 # Defaults that depend on --data: the SPEC's ViT-S/16 recipe for real images, a tiny one for synthetic.
 VIT_DEFAULTS = {
-    "real": dict(image_size=224, patch_size=16, width=384, depth=12, heads=6,
+    "real": dict(image_size=224, patch_size=16, width=384, depth=12, heads=6, mlp_ratio=4.0,
                  epochs=20, batch_size=32, lr=1e-4),
-    "synthetic": dict(image_size=32, patch_size=8, width=64, depth=2, heads=4,
+    "synthetic": dict(image_size=32, patch_size=8, width=64, depth=2, heads=4, mlp_ratio=4.0,
                       epochs=5, batch_size=64, lr=1e-3),
 }
 ARCH_FLAGS = ("image_size", "patch_size", "width", "depth", "heads", "mlp_ratio")
-CKPT_RE = re.compile(r"model_(\d+)\.pt$")
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(prog=PROG, description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=VIT_NAMES, default=None, help="vit (ViT-S/16) or ndvit (default: vit)")
-    p.add_argument("--data", default=None,
-                   help="synthetic (default), cifar10 (Hugging Face hub), or PATH to cifar-10-batches-py "
-                        "or a datasets.save_to_disk directory")
+    p.add_argument("--data", help="synthetic (default), cifar10 (Hugging Face hub), or PATH to cifar-10-batches-py "
+                                  "or a datasets.save_to_disk directory")
     p.add_argument("--epochs", type=positive_int, help="total epochs (default: 20 real data, 5 synthetic)")
     p.add_argument("--batch-size", type=positive_int, help="default: 32 real data, 64 synthetic")
     p.add_argument("--lr", type=positive_float,
@@ -75,23 +64,19 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     p.add_argument("--out-dir", default=None, help="run directory (default: logs/vit-<model>)")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
-                   help="resume model, optimizer and epoch from PATH, or from the newest checkpoint "
-                        "in --out-dir")
+                   help="resume model, optimizer and epoch from PATH, or from the newest checkpoint in --out-dir")
     return p.parse_args(argv)
 
 
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    found = [(int(m.group(1)), p) for p in out_dir.glob("model_*.pt") if (m := CKPT_RE.search(p.name))]
-    return max(found)[1] if found else None
-
-
-def resolve_resume(args, out_dir: Path):
+def resolve_resume(args, out_dir: Path) -> tuple[Path | None, dict]:
+    """(checkpoint path, checkpoint) to resume from, or (None, {}) for a fresh run."""
+    newest = next(iter(run_checkpoints(out_dir)), None)
     if args.resume is None:
-        if latest_checkpoint(out_dir) is not None:
+        if newest is not None:
             raise UserError(f"{out_dir} already holds checkpoints; pass --resume to continue "
                             "or choose another --out-dir")
-        return None
-    path = latest_checkpoint(out_dir) if args.resume == "latest" else Path(args.resume)
+        return None, {}
+    path = newest if args.resume == "latest" else Path(args.resume)
     if path is None:
         raise UserError(f"--resume: no model_*.pt checkpoint in {out_dir}")
     ckpt = load_checkpoint(path, expect_kind="vit")
@@ -104,14 +89,12 @@ def main(argv=None):
     args = parse_args(argv)
     device = pick_device(args.device)
     out_dir = Path(args.out_dir or f"logs/vit-{args.model or 'vit'}")
-    resumed = resolve_resume(args, out_dir)
-    ckpt = resumed[1] if resumed else None
+    resume_path, ckpt = resolve_resume(args, out_dir)
 
-    data_spec = args.data or (ckpt["data"] if ckpt else "synthetic")
+    data_spec = args.data or ckpt.get("data", "synthetic")
     preset = VIT_DEFAULTS["synthetic" if data_spec == "synthetic" else "real"]
-    opt = {k: getattr(args, k) if getattr(args, k) is not None else preset[k]
-           for k in ("epochs", "batch_size", "lr")}
-    synthetic_size = args.synthetic_size or (ckpt.get("synthetic_size") if ckpt else None) or (2000, 500)
+    hp = {k: default if getattr(args, k) is None else getattr(args, k) for k, default in preset.items()}
+    synthetic_size = args.synthetic_size or ckpt.get("synthetic_size") or (2000, 500)
     data = load_image_data(data_spec, *synthetic_size)
     train_split, test_split = data.train.head(args.limit), data.test.head(args.limit)
 
@@ -121,59 +104,46 @@ def main(argv=None):
         changed = [f"--{k.replace('_', '-')}" for k in ARCH_FLAGS if getattr(args, k) is not None
                    and getattr(args, k) != config[k]]
         if changed:
-            raise UserError(f"{', '.join(changed)} differ from the checkpoint's architecture; "
-                            "drop them to resume")
+            raise UserError(f"{', '.join(changed)} differ from the checkpoint's architecture; drop them to resume")
         if config["num_classes"] != data.num_classes:
-            raise UserError(f"checkpoint has {config['num_classes']} classes, "
-                            f"{data_spec} has {data.num_classes}")
+            raise UserError(f"checkpoint has {config['num_classes']} classes, {data_spec} has {data.num_classes}")
     else:
         model_name = args.model or "vit"
-        config = {k: getattr(args, k) if getattr(args, k) is not None else preset[k] for k in ARCH_FLAGS
-                  if k in preset}
-        if args.mlp_ratio is not None:
-            config["mlp_ratio"] = args.mlp_ratio
-        config["num_classes"] = data.num_classes
+        config = {k: hp[k] for k in ARCH_FLAGS} | {"num_classes": data.num_classes}
     try:
-        model = build_vit(model_name, **config)
+        model = build_vit(model_name, **config).to(device)
     except ValueError as e:
         raise UserError(str(e)) from e
-    optimizer = torch.optim.AdamW(model.parameters(), lr=opt["lr"], weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=args.weight_decay)
     start_epoch, step = 1, 0
     if ckpt:
         model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        optimizer.load_state_dict(ckpt["optimizer"])  # moves the AdamW state to the parameters' device
         for group in optimizer.param_groups:  # an explicit --lr / --weight-decay wins over the saved ones
-            group["lr"], group["weight_decay"] = opt["lr"], args.weight_decay
+            group["lr"], group["weight_decay"] = hp["lr"], args.weight_decay
         start_epoch, step = ckpt["epoch"] + 1, ckpt.get("step", 0)
-        print(f"resumed from {resumed[0]} (epoch {ckpt['epoch']}, step {step})")
-    model.to(device)
-    # AdamW state loaded on CPU follows the parameters to the device
-    for state in optimizer.state.values():
-        for k, v in state.items():
-            if torch.is_tensor(v) and k != "step":
-                state[k] = v.to(device)
+        print(f"resumed from {resume_path} (epoch {ckpt['epoch']}, step {step})")
     run_model = torch.compile(model) if args.compile else model
 
-    n_params = count_params(model)["total"]
-    print(f"{model_name}: {n_params:,} parameters, config {json.dumps(model.config.to_dict())}")
+    print(f"{model_name}: {model.num_params():,} parameters, config {json.dumps(model.config.to_dict())}")
     print(f"data {data.name}: {len(train_split):,} train / {len(test_split):,} test images, "
-          f"{data.num_classes} classes; device {device}; lr {opt['lr']:g}, batch {opt['batch_size']}")
-    if start_epoch > opt["epochs"]:
-        print(f"nothing to do: checkpoint is at epoch {start_epoch - 1}, --epochs is {opt['epochs']}")
+          f"{data.num_classes} classes; device {device}; lr {hp['lr']:g}, batch {hp['batch_size']}")
+    if start_epoch > hp["epochs"]:
+        print(f"nothing to do: checkpoint is at epoch {start_epoch - 1}, --epochs is {hp['epochs']}")
         return
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    log_path = out_dir / "log.txt"
-    batches_per_epoch = math.ceil(len(train_split) / opt["batch_size"])
-    for epoch in range(start_epoch, opt["epochs"] + 1):
+    batches_per_epoch = math.ceil(len(train_split) / hp["batch_size"])
+    amp = torch.device(device).type == "cuda"  # bf16 autocast on CUDA only
+    for epoch in range(start_epoch, hp["epochs"] + 1):
         model.train()
         t0, loss_sum, correct = time.time(), 0.0, 0
         # the shuffle depends only on (seed, epoch), so a resumed run sees the same order
-        batches = iterate_batches(train_split, opt["batch_size"], model.config.image_size, device,
+        batches = iterate_batches(train_split, hp["batch_size"], model.config.image_size, device,
                                   shuffle_seed=args.seed * 1000 + epoch)
-        bar = tqdm(batches, total=batches_per_epoch, desc=f"epoch {epoch}/{opt['epochs']}", leave=False)
+        bar = tqdm(batches, total=batches_per_epoch, desc=f"epoch {epoch}/{hp['epochs']}", leave=False)
         for images, labels in bar:
-            with autocast(device):
+            with autocast(device, amp):
                 logits = run_model(images).float()
             loss = F.cross_entropy(logits, labels)
             optimizer.zero_grad(set_to_none=True)
@@ -184,11 +154,10 @@ def main(argv=None):
             correct += (logits.argmax(dim=1) == labels).sum().item()
             bar.set_postfix(loss=f"{loss.item():.4f}")
         train_loss, train_acc = loss_sum / len(train_split), correct / len(train_split)
-        test = evaluate(run_model, test_split, opt["batch_size"], device, desc="test")
-        elapsed = time.time() - t0
+        test = evaluate(run_model, test_split, hp["batch_size"], device, desc="test")
         print(f"epoch {epoch:3d} | train loss {train_loss:.4f} acc {train_acc:.4f} | "
-              f"test loss {test['loss']:.4f} top-1 {test['top1']:.4f} | {elapsed:.1f}s")
-        with open(log_path, "a") as f:
+              f"test loss {test['loss']:.4f} top-1 {test['top1']:.4f} | {time.time() - t0:.1f}s")
+        with open(out_dir / "log.txt", "a") as f:
             f.write(f"{epoch} train {train_loss:.6f}\n{epoch} train_acc {train_acc:.4f}\n"
                     f"{epoch} test {test['loss']:.4f}\n{epoch} top1 {test['top1']:.4f}\n")
         save_checkpoint(out_dir / f"model_{epoch:03d}.pt", model, kind="vit", model_name=model_name,

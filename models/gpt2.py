@@ -175,7 +175,16 @@ class GPT(nn.Module):
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, NdLinear):
-            _init_ndlinear(module, std)
+            # GPT-2 init for the factor that carries the width (the largest); the small mode-mixing factors
+            # keep nn.Linear's default U(+-1/sqrt(fan_in)) init: N(0, 0.02) on a 1 -> 2 factor would scale
+            # the whole signal down 50x. Biases start at zero.
+            big = max(module.align_layers, key=lambda m: m.weight.numel())
+            for factor in module.align_layers:
+                if factor is big:
+                    nn.init.normal_(factor.weight, mean=0.0, std=std)
+                else:
+                    factor.reset_parameters()
+                nn.init.zeros_(factor.bias)
 
     def num_params(self) -> int:
         """Parameters with the tied head counted once."""
@@ -213,9 +222,8 @@ class GPT(nn.Module):
         """AdamW with weight decay on >= 2-D parameters (matmuls, embeddings) only; fused kernels where
         torch has them (CUDA, and CPU since torch 2.4)."""
         params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
         fused = True if device_type in ("cuda", "cpu") else None  # None: torch's own choice (e.g. mps)
         return torch.optim.AdamW(groups, lr=learning_rate, betas=tuple(betas), eps=eps, fused=fused)
 
@@ -264,16 +272,3 @@ class GPT(nn.Module):
         from models.hf import save_hf
 
         save_hf(self, out_dir)
-
-
-def _init_ndlinear(layer: NdLinear, std: float) -> None:
-    """GPT-2 init for the factor that carries the width (the largest); the small mode-mixing factors
-    keep nn.Linear's default U(+-1/sqrt(fan_in)) init: N(0, 0.02) on a 1 -> 2 factor would scale the
-    whole signal down 50x. Biases start at zero."""
-    big = max(layer.align_layers, key=lambda m: m.weight.numel())
-    for factor in layer.align_layers:
-        if factor is big:
-            nn.init.normal_(factor.weight, mean=0.0, std=std)
-        else:
-            factor.reset_parameters()
-        nn.init.zeros_(factor.bias)

@@ -96,10 +96,7 @@ def _load_ndgpt2(directory: Path) -> GPT:
     index = directory / "model.safetensors.index.json"
     shards = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() \
         else ["model.safetensors"]
-    state = {}
-    for shard in shards:
-        state.update(load_file(directory / shard))
-    state = {k.removeprefix("model."): v for k, v in state.items()}
+    state = {k.removeprefix("model."): v for shard in shards for k, v in load_file(directory / shard).items()}
     state.setdefault("lm_head.weight", state["transformer.wte.weight"])
     model = GPT(GPTConfig(**{k: config[k] for k in GPT_FIELDS if k in config}))
     model.load_state_dict(state, strict=True)
@@ -116,8 +113,7 @@ def remote_code_files() -> dict[str, str]:
         if f"{name}.py" in files:
             continue
         source = (package / f"{name}.py").read_text(encoding="utf-8")
-        source = re.sub(r"^(\s*)from models\.(\w+) import", r"\1from .\2 import", source, flags=re.M)
-        source = re.sub(r"^(\s*)from models import", r"\1from . import", source, flags=re.M)
+        source = re.sub(r"^(\s*)from models\b\.?", r"\1from .", source, flags=re.M)  # models.X -> .X
         if re.search(r"^\s*import models\b", source, flags=re.M):
             raise RuntimeError(f"models/{name}.py: write 'from models.X import Y' for the HF export")
         todo += re.findall(r"^\s*from \.(\w+) import", source, flags=re.M)

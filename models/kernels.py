@@ -3,7 +3,7 @@
 * ``use_cpu_kernels(model)``: the training loop's switch (eager CPU only) for
   - ``cross_entropy``: the loss on cache-sized row chunks, its gradient made in the forward pass;
   - a sparse gradient for the tied embedding lookup (the head adds the dense part in the same backward).
-* ``small_factor``: an NdLinear factor of a few weights (1 -> 2, 2 -> 1) as multiply-adds, not a K=1 GEMM.
+* ``SmallFactor``: an NdLinear factor of a few weights (1 -> 2, 2 -> 1) as multiply-adds, not a K=1 GEMM.
 * ``branch_mlp``: NdGPT-2's whole MLP (models/gpt2.py NdMLP) with its hidden copies as contiguous planes.
 """
 
@@ -92,13 +92,10 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
 
 # ----- NdLinear: small factors -----
 
-def small_factor(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ weight.T (+ bias)`` for x (M, R, D) and a factor of a few weights (H, D); bias (R, H)."""
-    return _SmallFactor.apply(x, weight, bias)
+class SmallFactor(torch.autograd.Function):
+    """``x @ weight.T (+ bias)`` for x (M, R, D) and a factor of a few weights (H, D); bias (R, H) or None.
 
-
-class _SmallFactor(torch.autograd.Function):
-    """Autograd through broadcast multiplies would make ~6 passes over the (large) output; this writes
+    Autograd through broadcast multiplies would make ~6 passes over the (large) output; this writes
     the output once and makes three reductions backward. Skinny GEMMs are fast in fp32 but slow for
     bf16 on the CPU, where the backward uses per-column multiply-adds instead."""
 

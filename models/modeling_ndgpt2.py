@@ -37,9 +37,6 @@ class NdGPT2Config(PretrainedConfig):
         kwargs.setdefault("use_cache", False)
         super().__init__(**kwargs)
 
-    def gpt_config(self) -> GPTConfig:
-        return GPTConfig(**{name: getattr(self, name) for name in GPT_FIELDS})
-
 
 class NdGPT2ForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = NdGPT2Config
@@ -49,7 +46,7 @@ class NdGPT2ForCausalLM(PreTrainedModel, GenerationMixin):
 
     def __init__(self, config: NdGPT2Config):
         super().__init__(config)
-        self.model = GPT(config.gpt_config())
+        self.model = GPT(GPTConfig(**{name: getattr(config, name) for name in GPT_FIELDS}))
         self.post_init()
 
     def _init_weights(self, module):

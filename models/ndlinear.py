@@ -67,7 +67,16 @@ class NdLinear(nn.Module):
         if x.dim() < n + 1 or tuple(x.shape[-n:]) != self.input_dims:
             raise ValueError(f"NdLinear expects [*batch, {', '.join(map(str, self.input_dims))}], "
                              f"got {tuple(x.shape)}")
-        return self.forward_literal(x) if self.literal else self._forward_fast(x)
+        if self.literal:
+            return self.forward_literal(x)
+        lead = x.shape[:-n]
+        x = x.reshape(-1, *self.input_dims)
+        dims = list(self.input_dims)
+        for step, i in enumerate(self._fast_order):
+            bias = self.folded_bias() if step == n - 1 else None
+            x = _apply_mode(x, self.align_layers[i].weight, i, dims, bias)
+            dims[i] = self.hidden_size[i]
+        return x.reshape(*lead, *self.hidden_size)
 
     def forward_literal(self, x: torch.Tensor) -> torch.Tensor:
         """The package's algorithm (mode moved last, Linear, moved back), through the factor modules."""
@@ -80,30 +89,16 @@ class NdLinear(nn.Module):
             x = x.movedim(-1, i + 1)
         return x.reshape(*lead, *self.hidden_size)
 
-    def _forward_fast(self, x: torch.Tensor) -> torch.Tensor:
-        n = self.num_modes
-        lead = x.shape[:-n]
-        x = x.reshape(-1, *self.input_dims)
-        dims = list(self.input_dims)
-        for step, i in enumerate(self._fast_order):
-            bias = self.folded_bias() if step == n - 1 else None
-            x = _apply_mode(x, self.align_layers[i].weight, i, dims, bias)
-            dims[i] = self.hidden_size[i]
-        return x.reshape(*lead, *self.hidden_size)
-
     def folded_bias(self) -> torch.Tensor:
         """Sum of every factor's bias as it reaches the output, shape ``hidden_size``."""
-        n = self.num_modes
+        n, order = self.num_modes, self.mode_order()
         total = None
-        applied: set[int] = set()
-        for i in self.mode_order():
+        for k, i in enumerate(order):
             term = self.align_layers[i].bias.view([-1 if m == i else 1 for m in range(n)])
-            for j in range(n):
-                if j != i and j not in applied:  # later factors act on the bias's ones-vector
-                    rowsum = self.align_layers[j].weight.sum(dim=1)
-                    term = term * rowsum.view([-1 if m == j else 1 for m in range(n)])
+            for j in sorted(order[k + 1:]):  # later factors act on the bias's ones-vector
+                rowsum = self.align_layers[j].weight.sum(dim=1)
+                term = term * rowsum.view([-1 if m == j else 1 for m in range(n)])
             total = term if total is None else total + term
-            applied.add(i)
         return total.expand(self.hidden_size)
 
 
@@ -133,7 +128,7 @@ def _apply_mode(x: torch.Tensor, weight: torch.Tensor, mode: int, dims: list[int
     small = weight.numel() <= _SMALL_FACTOR
     if after == 1 and small:  # innermost, e.g. 1 -> 2: multiply-adds instead of a K=1 GEMM, bias fused
         b = None if bias is None else bias.reshape(rows, out_dim)
-        return kernels.small_factor(x.reshape(n, rows, in_dim), weight, b).view(new_shape)
+        return kernels.SmallFactor.apply(x.reshape(n, rows, in_dim), weight, b).view(new_shape)
     if after == 1:  # innermost: one GEMM over every row, no copy
         fused = bias is not None and bias.numel() == out_dim
         out = F.linear(x.reshape(n * rows, in_dim), weight, bias.reshape(out_dim) if fused else None)
@@ -154,10 +149,7 @@ def _cheapest_order(input_dims: tuple, hidden_size: tuple) -> list[int]:
     def cost(order) -> int:
         dims, total = list(input_dims), 0
         for m in order:
-            others = 1
-            for j, d in enumerate(dims):
-                if j != m:
-                    others *= d
+            others = math.prod(dims) // dims[m]
             total += others * input_dims[m] * hidden_size[m]
             dims[m] = hidden_size[m]
         return total

@@ -24,7 +24,7 @@ from models.vit import ViT, ViTConfig
 class NdPatchEmbed(nn.Module):
     def __init__(self, config: ViTConfig):
         super().__init__()
-        self.patch_size, self.width = config.patch_size, config.width
+        self.patch_size = config.patch_size
         self.proj = NdLinear((config.patch_size, config.patch_size, config.in_chans), (1, 1, config.width))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -32,7 +32,7 @@ class NdPatchEmbed(nn.Module):
         p = self.patch_size
         # (B, C, H, W) -> (B, rows, cols, p, p, C): patch (r, c) holds images[:, :, r*p:(r+1)*p, c*p:(c+1)*p]
         patches = images.view(B, C, H // p, p, W // p, p).permute(0, 2, 4, 3, 5, 1)
-        return self.proj(patches).view(B, -1, self.width)  # (B, patches, width), raster order
+        return self.proj(patches).flatten(1, -2)  # (B, patches, width), raster order
 
 
 class NdViT(ViT):
@@ -52,4 +52,3 @@ class NdViT(ViT):
             if isinstance(m, NdLinear):
                 for factor in m.align_layers:
                     factor.reset_parameters()
-

@@ -33,20 +33,15 @@ class ViTConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size ({self.image_size}) must be a multiple of "
-                             f"patch_size ({self.patch_size})")
+            raise ValueError(f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})")
         if self.width % self.heads:
             raise ValueError(f"width ({self.width}) must be divisible by heads ({self.heads})")
         if self.mlp_hidden < 1:
             raise ValueError(f"mlp_ratio {self.mlp_ratio} gives an empty MLP at width {self.width}")
 
     @property
-    def num_patches(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
-
-    @property
     def seq_len(self) -> int:
-        return self.num_patches + 1  # + class token
+        return (self.image_size // self.patch_size) ** 2 + 1  # patches + class token
 
     @property
     def mlp_hidden(self) -> int:
@@ -90,11 +85,10 @@ class MLP(nn.Module):
     def __init__(self, config: ViTConfig, make_linear):
         super().__init__()
         self.fc1 = make_linear(config.width, config.mlp_hidden)
-        self.gelu = nn.GELU()
         self.fc2 = make_linear(config.mlp_hidden, config.width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.gelu(self.fc1(x)))
+        return self.fc2(F.gelu(self.fc1(x)))
 
 
 class Block(nn.Module):
@@ -122,7 +116,6 @@ class ViT(nn.Module):
         self.head = self._make_head()
         self._init_weights()
 
-    # The three layer choices NdViT replaces.
     def _make_patch_embed(self) -> nn.Module:
         return PatchEmbed(self.config)
 

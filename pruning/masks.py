@@ -71,17 +71,15 @@ def prune_mask(score: torch.Tensor, sparsity: float, nm: tuple[int, int] | None,
     out_dim, in_dim = score.shape
     if nm is not None:
         n, m = nm
-        groups = score.view(out_dim, in_dim // m, m)
-        lowest = torch.topk(groups, n, dim=-1, largest=False).indices
-        return torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, lowest, True).view(out_dim, in_dim)
-    if per == "layer":
+        groups, k = score.view(out_dim, in_dim // m, m), n
+    elif per == "layer":
         # exactly int(numel * sparsity) zeros; the authors' `W <= sorted[k]` also zeros the k-th and ties
-        flat = score.flatten()
-        lowest = torch.topk(flat, int(flat.numel() * sparsity), largest=False).indices
-        return torch.zeros_like(flat, dtype=torch.bool).scatter_(0, lowest, True).view(out_dim, in_dim)
+        groups, k = score.flatten(), int(score.numel() * sparsity)
+    else:
+        groups, k = score, int(in_dim * sparsity)
     # topk is ~2x faster than a full sort; among exactly tied scores it picks any (the count is exact)
-    lowest = torch.topk(score, int(in_dim * sparsity), dim=-1, largest=False).indices
-    return torch.zeros_like(score, dtype=torch.bool).scatter_(-1, lowest, True)
+    lowest = torch.topk(groups, k, dim=-1, largest=False).indices
+    return torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, lowest, True).view(out_dim, in_dim)
 
 
 def layer_entry(name: str, layer: nn.Linear, reason: str | None) -> dict:

@@ -33,15 +33,12 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def save_payload(path, payload: dict) -> None:
-    atomic_write(path, lambda f: torch.save(payload, f))
-
-
 def save_checkpoint(path, model, *, kind: str, model_name: str, **extra) -> None:
     """Save ``model`` (unwrapped) with its config and any extra fields, atomically."""
     model = unwrap(model)
-    save_payload(path, {"format": FORMAT, "version": VERSION, "kind": kind, "model_name": model_name,
-                        "config": model.config.to_dict(), "model": model.state_dict(), **extra})
+    ckpt = {"format": FORMAT, "version": VERSION, "kind": kind, "model_name": model_name,
+            "config": model.config.to_dict(), "model": model.state_dict(), **extra}
+    atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
 def load_checkpoint(path, map_location="cpu", expect_kind: str | None = None) -> dict:
@@ -77,7 +74,8 @@ def strip_to_model(path) -> None:
     loadable for evaluation, generation and pruning, and can no longer be resumed."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     if any(key in ckpt for key in RESUME_KEYS):
-        save_payload(path, {k: v for k, v in ckpt.items() if k not in RESUME_KEYS})
+        model_only = {k: v for k, v in ckpt.items() if k not in RESUME_KEYS}
+        atomic_write(path, lambda f: torch.save(model_only, f))
 
 
 def _type_ok(value, hint) -> bool:

@@ -42,7 +42,7 @@ def pick_device(requested: str | None = None) -> str:
         return requested
     if torch.cuda.is_available():
         return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    if torch.backends.mps.is_available():
         return "mps"
     return "cpu"
 

@@ -36,12 +36,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from utils.checkpoint import unwrap
-from utils.cli import UserError
+from utils.cli import REPO, UserError
 from utils.io import atomic_write
 from utils.precision import autocast, resolve_amp
 from utils.tokenizer import get_encoding
 
-REPO = Path(__file__).resolve().parents[1]
 HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 LOCAL_VAL = REPO / "data" / "hellaswag" / "hellaswag_val.jsonl"
 SHARED_DATA = Path(os.environ.get("NDGPT2_SHARED_DATA", REPO.parent / "shared" / "data"))  # as tests and scripts
@@ -278,7 +277,7 @@ def evaluate_hellaswag(model, path_or_examples, *, limit: int | None = None, bat
     if not 0 <= rank < world_size:
         raise UserError(f"rank {rank} out of range for world_size {world_size}")
     examples = path_or_examples if isinstance(path_or_examples, list) else load_hellaswag(path_or_examples, limit)
-    mine = (examples[:limit] if limit is not None else examples)[rank::world_size]
+    mine = examples[:limit][rank::world_size]  # limit None: all
     raw = unwrap(model)
     was_training = raw.training
     raw.eval()

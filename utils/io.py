@@ -32,15 +32,11 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
     atomic_write(path, json.dumps(obj, indent=2) + "\n")
 
 
-def remove_stale_tmp(directory: str | os.PathLike) -> list[Path]:
+def remove_stale_tmp(directory: str | os.PathLike) -> None:
     """Delete ``.*.tmp`` files that ``atomic_write`` left behind when its process was killed."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    stale = [p for p in directory.glob(".*.tmp") if p.is_file()]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
+    for p in Path(directory).glob(".*.tmp"):  # nothing in a missing directory
+        if p.is_file():
+            p.unlink(missing_ok=True)
 
 
 def fmt(value, spec: str = "", missing: str = "-") -> str:

@@ -200,10 +200,9 @@ def sample_windows(data_dir: str | Path, split: str, n: int, seq_len: int, seed:
         raise UserError(f"need n >= 1 windows of seq_len >= 1, got {n} x {seq_len}")
     paths = find_shards(data_dir, split)
     shards = [open_shard(p) for p in paths]
-    starts_per_shard = np.array([max(0, len(s) - seq_len + 1) for s in shards])
-    if starts_per_shard.sum() == 0:
+    bounds = np.cumsum([max(0, len(s) - seq_len + 1) for s in shards])  # window starts up to each shard's end
+    if bounds[-1] == 0:
         raise UserError(f"no '{split}' shard in {data_dir} holds {seq_len} tokens")
-    bounds = np.cumsum(starts_per_shard)
     picks = np.random.default_rng(seed).integers(0, bounds[-1], size=n)
     windows = np.empty((n, seq_len), dtype=np.int64)
     for row, g in enumerate(picks):

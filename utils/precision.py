@@ -42,21 +42,14 @@ def cpu_bf16_is_fast() -> bool:
     return _matmul_seconds(torch.bfloat16) <= _matmul_seconds(torch.float32)
 
 
-def default_amp(device: str | torch.device) -> bool:
-    kind = torch.device(device).type
-    if kind == "cuda":
-        return True
-    if kind == "cpu":
-        return cpu_bf16_is_fast()
-    return False
-
-
 def resolve_amp(device: str | torch.device, amp: bool | None) -> bool:
     """The flag if given (``--amp`` / ``--no-amp``), else the rule above."""
-    return default_amp(device) if amp is None else bool(amp)
+    if amp is not None:
+        return bool(amp)
+    kind = torch.device(device).type
+    return kind == "cuda" or (kind == "cpu" and cpu_bf16_is_fast())
 
 
 def autocast(device: str | torch.device, enabled: bool):
     """bf16 autocast context for ``device`` (a no-op when not ``enabled``)."""
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)
-

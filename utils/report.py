@@ -209,8 +209,8 @@ def _number(value, low=0.0, high=math.inf) -> bool:
 
 def check_block(block, where: str) -> dict:
     """``block`` if it is a valid evaluation block, else a UserError naming what is wrong."""
-    if not isinstance(block, dict) or any(k not in block for k in BLOCK_KEYS):
-        missing = [k for k in BLOCK_KEYS if not isinstance(block, dict) or k not in block]
+    missing = [k for k in BLOCK_KEYS if not isinstance(block, dict) or k not in block]
+    if missing:
         raise UserError(f"{where}: not an evaluation block (missing {', '.join(missing)})")
     if not all(isinstance(block[k], int) and block[k] >= 0 for k in ("params_total", "params_nonzero",
                                                                      "val_tokens")):

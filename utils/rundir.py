@@ -106,17 +106,15 @@ def set_aside(out_dir, step: int) -> Path | None:
         return None
     aside = out_dir / ABANDONED / f"{time.strftime('%Y%m%d-%H%M%S')}-after-{step:05d}"
     aside.mkdir(parents=True, exist_ok=False)
-    for name in ("log.txt", "samples.txt"):
-        if (out_dir / name).is_file():
-            shutil.copy2(out_dir / name, aside / name)
+    copy_record(out_dir, aside)
     for path in later + ([summary] if summary.exists() else []):
         path.rename(aside / path.name)
     return aside
 
 
-def fork(src_dir, out_dir) -> None:
-    """--resume PATH --out-dir NEW: NEW starts as a copy of the source run's record (not its checkpoints)."""
-    for name in RUN_FILES[:3]:
+def copy_record(src_dir, out_dir) -> None:
+    """Copy the log and samples of ``src_dir`` (where they exist) into ``out_dir``."""
+    for name in ("log.txt", "samples.txt"):
         if (Path(src_dir) / name).is_file():
             shutil.copy2(Path(src_dir) / name, Path(out_dir) / name)
 
@@ -124,13 +122,10 @@ def fork(src_dir, out_dir) -> None:
 def apply_policy(out_dir, keep: int, full: int) -> None:
     """Delete all but the newest ``keep`` checkpoints (0 = keep all); strip all but the newest ``full``
     of them to model-only snapshots (0 = all stay resumable)."""
-    checkpoints = run_checkpoints(out_dir)
-    if keep:
-        for path in checkpoints[keep:]:
+    for i, path in enumerate(run_checkpoints(out_dir)):
+        if keep and i >= keep:
             path.unlink(missing_ok=True)
-        checkpoints = checkpoints[:keep]
-    if full:
-        for path in checkpoints[full:]:
+        elif full and i >= full:
             strip_to_model(path)
 
 
@@ -158,8 +153,8 @@ def claim(out: Path, run_info: dict, resume_from: Path | None, start_step: int, 
                 clear(out)
             atomic_write(out / "log.txt", "")
         else:
-            if elsewhere:
-                fork(resume_from.parent, out)
+            if elsewhere:  # --resume PATH --out-dir NEW: NEW starts with the record (not the checkpoints) of PATH's run
+                copy_record(resume_from.parent, out)
             aside = set_aside(out, start_step)
             if aside is not None:
                 say(f"rewound to step {start_step}: the later checkpoints and the old log are in {aside}")

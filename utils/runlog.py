@@ -18,11 +18,6 @@ from utils.io import atomic_write
 KINDS = ("train", "val", "hella")
 FORMATS = {"train": ".6f", "val": ".4f", "hella": ".4f"}  # the original's precision per kind
 MAX_STEP = 10**9  # larger step numbers are corrupt lines, not runs
-VALID = {  # what a value of each kind can be: a loss is finite and >= 0, an accuracy lies in [0, 1]
-    "train": lambda v: math.isfinite(v) and v >= 0,
-    "val": lambda v: math.isfinite(v) and v >= 0,
-    "hella": lambda v: 0.0 <= v <= 1.0,
-}
 
 
 @dataclass
@@ -37,10 +32,6 @@ class RunLog:
         items = sorted(self.series[kind].items())
         return [s for s, _ in items], [v for _, v in items]
 
-    @property
-    def n_events(self) -> int:
-        return sum(len(s) for s in self.series.values())
-
 
 def parse_line(line: str) -> tuple[int, str, float] | None:
     """``(step, kind, value)`` or None when the line is not a valid event."""
@@ -51,7 +42,9 @@ def parse_line(line: str) -> tuple[int, str, float] | None:
         step, value = int(parts[0]), float(parts[2])
     except ValueError:
         return None
-    if not 0 <= step <= MAX_STEP or not VALID[parts[1]](value):
+    # an accuracy lies in [0, 1], a loss is finite and >= 0
+    valid = 0.0 <= value <= 1.0 if parts[1] == "hella" else math.isfinite(value) and value >= 0
+    if not 0 <= step <= MAX_STEP or not valid:
         return None
     return step, parts[1], value
 
@@ -81,7 +74,7 @@ def read_log(path: str | Path, label: str | None = None) -> RunLog:
             run = parse_log(f, label or path.stem)
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from e
-    if run.n_events == 0:
+    if not any(run.series.values()):
         raise UserError(f"{path}: no train/val/hella events found ({run.n_malformed} malformed lines)")
     return run
 

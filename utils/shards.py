@@ -38,13 +38,6 @@ BUILTIN_SHARD_SIZE = 50_000
 BUILTIN_MIN_VAL_TOKENS = 20 * 4 * 64 + 1
 
 
-def to_uint16(tokens: np.ndarray) -> np.ndarray:
-    tokens = np.asarray(tokens)
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
-        raise UserError(f"token id {int(tokens.max())} does not fit in uint16 (< 65536): wrong tokenizer?")
-    return tokens.astype(np.uint16)
-
-
 class ShardWriter:
     """Packs token arrays into shards of exactly ``shard_size`` tokens (the last of a split may be short).
 
@@ -53,8 +46,8 @@ class ShardWriter:
     whatever the split (FineWeb's layout: val = the first k x shard_size tokens of one stream).
     """
 
-    def __init__(self, out_dir: Path, prefix: str, shard_size: int, val_shards: int = 0,
-                 max_tokens: int | None = None, progress: tqdm | None = None):
+    def __init__(self, out_dir: Path, prefix: str, shard_size: int, val_shards: int, max_tokens: int | None,
+                 progress: tqdm):
         self.out_dir, self.prefix, self.shard_size = Path(out_dir), prefix, shard_size
         self.val_shards, self.max_tokens, self.progress = val_shards, max_tokens, progress
         self.split = "val"
@@ -69,7 +62,10 @@ class ShardWriter:
 
     def add(self, tokens: np.ndarray) -> bool:
         """Append tokens; False once ``max_tokens`` is reached (the rest of ``tokens`` is dropped)."""
-        tokens = to_uint16(tokens)
+        tokens = np.asarray(tokens)
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
+            raise UserError(f"token id {int(tokens.max())} does not fit in uint16 (< 65536): wrong tokenizer?")
+        tokens = tokens.astype(np.uint16)
         if self.max_tokens is not None:
             tokens = tokens[: max(0, self.max_tokens - self.total)]
         while len(tokens):
@@ -78,8 +74,7 @@ class ShardWriter:
             self.fill += take
             self.total += take
             tokens = tokens[take:]
-            if self.progress is not None:
-                self.progress.update(take)
+            self.progress.update(take)
             if self.fill == self.shard_size:
                 self._write()
         return not self.full
@@ -103,8 +98,7 @@ class ShardWriter:
         index = len(self.shards)
         split = "val" if index < self.val_shards else self.split
         name = f"{self.prefix}_{split}_{index:06d}.npy"
-        shard = self.buffer[:self.fill].copy()
-        atomic_write(self.out_dir / name, lambda f: np.save(f, shard))
+        atomic_write(self.out_dir / name, lambda f: np.save(f, self.buffer[:self.fill]))
         self.shards.append({"file": name, "split": split, "tokens": int(self.fill)})
         self.fill = 0
 
@@ -209,25 +203,24 @@ def builtin_documents() -> list[str]:
     return [topics[name] for name in sorted(topics)]
 
 
-def build_builtin(out_dir: str | Path = "data/builtin", prefix: str = "builtin", shard_size: int = BUILTIN_SHARD_SIZE,
-                  seed: int = 0, overwrite: bool = True, min_val_tokens: int = BUILTIN_MIN_VAL_TOKENS) -> dict:
-    """The offline corpus: pydoc topics as documents, 10% of them (whole) for val."""
+def build_builtin(out_dir: str | Path, shard_size: int = BUILTIN_SHARD_SIZE, seed: int = 0,
+                  min_val_tokens: int = BUILTIN_MIN_VAL_TOKENS) -> dict:
+    """The offline corpus: pydoc topics as documents, 10% of them (whole) for val; rebuilt over other settings."""
     docs = builtin_documents()
-    val_ids = pick_val_docs(len(docs), seed, val_fraction=0.1)
+    val_ids = pick_val_docs(len(docs), seed)
     settings = {"format": MANIFEST_VERSION, "source": "builtin:pydoc_data.topics",
                 "sha1": hashlib.sha1("\0".join(docs).encode()).hexdigest(),
-                "shard_size": shard_size, "prefix": prefix, "seed": seed, "val_docs": sorted(val_ids)}
+                "shard_size": shard_size, "prefix": "builtin", "seed": seed, "val_docs": sorted(val_ids)}
     splits = [("val", [d for i, d in enumerate(docs) if i in val_ids]),
               ("train", [d for i, d in enumerate(docs) if i not in val_ids])]
-    manifest = write_shards(out_dir, settings, splits, overwrite=overwrite)
+    manifest = write_shards(out_dir, settings, splits, overwrite=True)
     if manifest["val_tokens"] < min_val_tokens:
         raise UserError(f"builtin val split has only {manifest['val_tokens']} tokens (need {min_val_tokens}); "
                         "try another seed")
     return manifest
 
 
-def prepare_builtin_corpus(out_dir: str | Path = "data/builtin", shard_size: int = BUILTIN_SHARD_SIZE,
-                           min_val_tokens: int = BUILTIN_MIN_VAL_TOKENS) -> Path:
+def prepare_builtin_corpus(out_dir: str | Path) -> Path:
     """Build the offline corpus if needed (a no-op when it is up to date) and return its directory."""
-    build_builtin(out_dir, shard_size=shard_size, min_val_tokens=min_val_tokens)
+    build_builtin(out_dir)
     return Path(out_dir)

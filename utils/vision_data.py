@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from utils.cli import UserError
+from utils.precision import autocast
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SYNTHETIC_CLASSES = tuple(f"{colour}-{shape}" for colour in ("warm", "cool")
@@ -92,19 +93,18 @@ def synthetic_data(train_size: int = 2000, test_size: int = 500, seed: int = 0) 
 
 # ----- CIFAR-10 -----
 
-def _read_cifar_batch(path: Path) -> ImageSplit:
-    try:
-        with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-        data, labels = batch[b"data"], batch[b"labels"]
-    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError) as e:
-        raise UserError(f"cannot read CIFAR-10 batch {path}: {e}") from e
-    images = torch.from_numpy(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32).copy())
-    return ImageSplit(images, torch.tensor(labels, dtype=torch.int64))
-
-
-def _concat(splits: list[ImageSplit]) -> ImageSplit:
-    return ImageSplit(torch.cat([s.images for s in splits]), torch.cat([s.labels for s in splits]))
+def _read_cifar_batches(paths: list[Path]) -> ImageSplit:
+    """One split from pickled batches (rows of 3072 bytes: the red, green, blue 32 x 32 planes)."""
+    data, labels = [], []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                batch = pickle.load(f, encoding="bytes")
+            data.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels += batch[b"labels"]
+        except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError) as e:
+            raise UserError(f"cannot read CIFAR-10 batch {path}: {e}") from e
+    return ImageSplit(torch.from_numpy(np.concatenate(data)), torch.tensor(labels, dtype=torch.int64))
 
 
 def load_cifar_batches(root: Path) -> ImageData:
@@ -112,8 +112,8 @@ def load_cifar_batches(root: Path) -> ImageData:
     train_files = sorted(root.glob("data_batch_*"))
     if not train_files or not (root / "test_batch").is_file():
         raise UserError(f"{root} has no data_batch_* / test_batch files (CIFAR-10 python version)")
-    return ImageData("cifar10", _concat([_read_cifar_batch(p) for p in train_files]),
-                     _read_cifar_batch(root / "test_batch"), CIFAR10_CLASSES)
+    return ImageData("cifar10", _read_cifar_batches(train_files), _read_cifar_batches([root / "test_batch"]),
+                     CIFAR10_CLASSES)
 
 
 def _hf_split(ds) -> ImageSplit:
@@ -161,8 +161,7 @@ def load_image_data(spec: str, train_size: int = 2000, test_size: int = 500) -> 
         import datasets
 
         return _hf_data(datasets.load_from_disk(str(path)), path.name)
-    raise UserError(f"{path} is neither a cifar-10-batches-py directory nor a datasets.save_to_disk "
-                    "directory")
+    raise UserError(f"{path} is neither a cifar-10-batches-py directory nor a datasets.save_to_disk directory")
 
 
 # ----- preprocessing, batches, evaluation -----
@@ -171,19 +170,15 @@ def preprocess(images: torch.Tensor, image_size: int) -> torch.Tensor:
     """uint8 (B, C, H, W) -> float (B, C, image_size, image_size) normalized to [-1, 1]."""
     x = images.float() / 255.0
     if x.shape[-2:] != (image_size, image_size):
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
-                          antialias=True)
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
     return (x - 0.5) / 0.5
 
 
-def iterate_batches(split: ImageSplit, batch_size: int, image_size: int, device="cpu",
-                    shuffle_seed: int | None = None):
+def iterate_batches(split: ImageSplit, batch_size: int, image_size: int, device="cpu", shuffle_seed: int | None = None):
     """Yield (images, labels) on ``device``; shuffled by ``shuffle_seed`` (reproducible) if given."""
     n = len(split)
-    if shuffle_seed is None:
-        order = torch.arange(n)
-    else:
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed))
+    order = (torch.arange(n) if shuffle_seed is None
+             else torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed)))
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
         images = split.images[idx].to(device, non_blocking=True)
@@ -195,23 +190,16 @@ def evaluate(model, split: ImageSplit, batch_size: int, device="cpu", desc: str 
     """Top-1 accuracy and mean cross-entropy of ``model`` over ``split``."""
     was_training = model.training
     model.eval()
-    image_size = model.config.image_size
     correct, loss_sum = 0, 0.0
-    batches = iterate_batches(split, batch_size, image_size, device)
+    batches = iterate_batches(split, batch_size, model.config.image_size, device)
     for images, labels in tqdm(batches, total=math.ceil(len(split) / batch_size), desc=desc, leave=False):
-        with autocast(device):
+        with autocast(device, torch.device(device).type == "cuda"):  # bf16 on CUDA only
             logits = model(images).float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         correct += (logits.argmax(dim=1) == labels).sum().item()
     model.train(was_training)
     n = max(len(split), 1)
     return {"top1": correct / n, "loss": loss_sum / n, "n": len(split)}
-
-
-def autocast(device):
-    """bf16 autocast on CUDA, a no-op elsewhere."""
-    device_type = torch.device(device).type
-    return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=device_type == "cuda")
 
 
 def load_vit(path, device="cpu"):
@@ -226,6 +214,5 @@ def load_vit(path, device="cpu"):
         model = build_vit(ckpt["model_name"], **ckpt["config"])
         model.load_state_dict(ckpt["model"])
     except (TypeError, ValueError, RuntimeError, KeyError) as e:
-        raise UserError(f"{path}: weights do not match the stored config "
-                        f"({str(e).splitlines()[0][:120]})") from e
+        raise UserError(f"{path}: weights do not match the stored config ({str(e).splitlines()[0][:120]})") from e
     return model.to(device).eval(), ckpt
