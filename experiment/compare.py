@@ -4,9 +4,9 @@
     python experiment/compare.py ../shared/data/seed_logs/GPT2-124M-log.txt --tokens-per-step 524288 \\
         --smooth 0.99 --out-dir logs/original/plots
     # a study: 3 seeds per model (equal labels = seeds of one model), sweeps, full evaluations
-    python experiment/compare.py logs/mini/{gpt2,ndgpt2,gpt2-mlp1536}-s{1,2,3}/log.txt \\
+    python experiment/compare.py logs/mini/runs/{gpt2,ndgpt2,gpt2-mlp1536}-s{1,2,3}/log.txt \\
         --labels gpt2 gpt2 gpt2 ndgpt2 ndgpt2 ndgpt2 gpt2-mlp1536 gpt2-mlp1536 gpt2-mlp1536 \\
-        --pruning logs/mini/sweep/* --evals logs/mini/*/eval_full.json --out-dir logs/mini/plots
+        --pruning logs/mini/sweep/* --evals logs/mini/eval/*.json --out-dir logs/mini/plots
 
 Writes into --out-dir:
   loss.png        train (faint) and val loss of every log against the step;

@@ -1,6 +1,6 @@
-"""Train GPT-2 / NdGPT-2 from scratch (SPEC sections 3-4), resumable bit-for-bit.
+"""Train GPT-2 / NdGPT-2 from scratch, resumable bit-for-bit.
 
-    python experiment/train_gpt.py                                  # CPU smoke run (200 steps, a few min)
+    python experiment/train_gpt.py                                  # CPU smoke run (200 steps, under a minute)
     python experiment/train_gpt.py --resume logs/gpt2-smoke/model_00100.pt   # continue (or rewind) that run
     torchrun --standalone --nproc_per_node=8 experiment/train_gpt.py --preset gpt2-124m --model ndgpt2
 

@@ -1,4 +1,4 @@
-"""The end of a training run: its final and best values beside GPT-2 / GPT-3 (SPEC section 4), printed
+"""The end of a training run: its final and best values beside GPT-2 / GPT-3, printed
 as a table and written to out-dir/summary.json."""
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from utils.seed import seed_everything
 from utils.vision_data import evaluate, iterate_batches, load_image_data
 
 PROG = "train_vit.py"
-# Defaults that depend on --data: the SPEC's ViT-S/16 recipe for real images, a tiny one for synthetic.
+# Defaults that depend on --data: the original ViT-S/16 recipe for real images, a tiny one for synthetic.
 VIT_DEFAULTS = {
     "real": dict(image_size=224, patch_size=16, width=384, depth=12, heads=6, mlp_ratio=4.0,
                  epochs=20, batch_size=32, lr=1e-4),
@@ -47,7 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=positive_int, help="total epochs (default: 20 real data, 5 synthetic)")
     p.add_argument("--batch-size", type=positive_int, help="default: 32 real data, 64 synthetic")
     p.add_argument("--lr", type=positive_float,
-                   help="AdamW learning rate (default: 1e-4 real data, as SPEC; 1e-3 synthetic)")
+                   help="AdamW learning rate (default: 1e-4 real data, as the original; 1e-3 synthetic)")
     p.add_argument("--weight-decay", type=nonneg_float, default=0.01, help="AdamW weight decay (torch default 0.01)")
     p.add_argument("--image-size", type=positive_int, help="model input size (default: 224 real data, 32 synthetic)")
     p.add_argument("--patch-size", type=positive_int, help="default: 16 real data, 8 synthetic")

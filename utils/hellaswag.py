@@ -1,4 +1,4 @@
-"""HellaSwag validation accuracy of a GPT (SPEC section 4), in two named conventions.
+"""HellaSwag validation accuracy of a GPT, in two named conventions.
 
 Each example is 4 rows, context + " " + ending; a row's score is the summed loss (negative log-likelihood)
 of its ending tokens, and ``acc`` picks the ending with the lowest sum. The conventions differ in the

@@ -36,7 +36,7 @@ class TrainConfig:
     micro_batch: int = 64  # sequences per forward per process
     seq_len: int = 1024
     total_batch: int | None = 524_288  # tokens per optimizer step; None = two micro-batches of one process
-    # optimisation (SPEC section 3: GPT-3 small as in build-nanogpt)
+    # optimisation (GPT-3 small, as in build-nanogpt)
     max_steps: int = 19_073
     warmup_steps: int = 715
     lr: float = 6e-4
@@ -59,7 +59,7 @@ class TrainConfig:
 
 TRAIN_PRESETS = {
     "gpt2-124m": TrainConfig(preset="gpt2-124m", data=str(REPO / "data" / "edu_fineweb10B")),
-    # a tiny GPT 200 steps on the builtin corpus: a few CPU-minutes, evaluations included
+    # a tiny GPT 200 steps on the builtin corpus: under a CPU-minute, evaluations included
     "smoke": TrainConfig(preset="smoke", n_layer=2, n_head=2, n_embd=64, block_size=64, micro_batch=4,
                          seq_len=64, total_batch=None, max_steps=200, warmup_steps=20, lr=3e-3, min_lr=3e-4,
                          eval_every=50, val_tokens=20 * 4 * 64, hellaswag_limit=50),
