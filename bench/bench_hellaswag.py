@@ -20,7 +20,7 @@ import torch
 
 from bench.common import bench_parser, interleaved_medians, machine_line, publish
 from models import build_model
-from utils.cli import UserError, pick_device, run_main
+from utils.cli import UserError, pick_device, run_main, seed_int
 from utils.hellaswag import HELLASWAG_CONVENTIONS, default_hellaswag_path, evaluate_hellaswag, load_hellaswag
 
 
@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--convention", choices=HELLASWAG_CONVENTIONS, default="seed",
                     help="HellaSwag convention (utils/hellaswag.py; default: %(default)s)")
     ap.add_argument("--device", help="cpu / cuda (default: best available)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=seed_int, default=0)
     args = ap.parse_args()
     if args.examples < 1 or args.repeats < 1:
         raise UserError("--examples and --repeats must be >= 1")

@@ -20,7 +20,7 @@ import torch
 from bench.common import bench_parser, interleaved_medians, machine_line, publish
 from models import build_model
 from pruning.wanda import prune_wanda
-from utils.cli import UserError, run_main
+from utils.cli import UserError, run_main, seed_int
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=8, help="sequences per forward (both cases)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=seed_int, default=0)
     args = ap.parse_args()
     if min(args.layers, args.width, args.samples, args.seq_len, args.batch_size, args.repeats) < 1:
         raise UserError("every size must be >= 1")

@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.sources import build_fineweb, build_from_files
-from utils.cli import UserError, run_main
+from utils.cli import UserError, run_main, seed_int
 from utils.shards import BUILTIN_SHARD_SIZE, build_builtin
 
 
@@ -43,7 +43,7 @@ def parse_args() -> argparse.Namespace:
     val.add_argument("--val-docs", type=int, help="number of whole documents held out for val (--input)")
     val.add_argument("--val-fraction", type=float, default=0.1,
                      help="share of whole documents held out for val, at least one (--input)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the val document draw")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of the val document draw")
     parser.add_argument("--strip-gutenberg", action="store_true",
                         help="keep only the body of Project Gutenberg eBooks; CRLF -> LF (--input)")
     parser.add_argument("--max-tokens", type=int, help="stop after this many tokens in all")

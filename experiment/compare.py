@@ -16,6 +16,8 @@ Writes into --out-dir:
   sparsity.png    with --pruning: Δ val loss against sparsity, one panel per model, one line per method;
   summary.md      the tables printed on the screen: runs, seeds (final val loss mean ± std), pruning
                   (Δ val loss, perplexity ratio), evaluations (both HellaSwag conventions).
+An --out-dir holding these files from an earlier comparison is refused unless --force, which also
+removes the earlier figures this comparison does not draw.
 Log lines that are not valid events (unknown kind, val < 0, HellaSwag outside [0, 1], nan, step > 1e9)
 are skipped and counted as malformed. Reports are the JSON of test_gpt.py, wanda.py and sweep.py.
 """
@@ -33,6 +35,8 @@ from utils.cli import UserError, check_writable_dir, positive_int, run_main
 from utils.io import atomic_write, markdown_table, text_table
 from utils.report import PRUNING_HEADERS, pruning_rows
 from utils.runlog import read_log
+
+OUTPUTS = ("loss.png", "val_tokens.png", "hellaswag.png", "sparsity.png", "summary.md")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,6 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--hella-n", type=positive_int, default=None,
                     help="examples behind each logged HellaSwag value, which decides 'at chance' (default: "
                          f"hellaswag_limit from run.json, else all {tables.FULL_HELLASWAG:,})")
+    ap.add_argument("--force", action="store_true",
+                    help="replace the figures and summary.md of an earlier compare.py in --out-dir")
     return ap.parse_args(argv)
 
 
@@ -77,6 +83,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.out_dir.exists() and not args.out_dir.is_dir():
         raise UserError(f"--out-dir {args.out_dir} exists and is not a directory")
     check_writable_dir(args.out_dir, "--out-dir")
+    earlier = [name for name in OUTPUTS if (args.out_dir / name).exists()]
+    if earlier and not args.force:
+        raise UserError(f"--out-dir {args.out_dir} already holds {', '.join(earlier)}; pass --force to replace "
+                        "them or choose another --out-dir")
     tokens = per_log(args.tokens_per_step, len(args.logs), "--tokens-per-step")
 
     # read and check every input before anything is written
@@ -126,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
         table("Held-out val loss over seeds", *tables.eval_seed_rows(evals))
     atomic_write(args.out_dir / "summary.md", "\n".join(md))
     written.append("summary.md")
+    for name in set(earlier) - set(written):  # an earlier figure this comparison has no data for
+        (args.out_dir / name).unlink()
     print(f"\nwrote {', '.join(written)} to {args.out_dir}")
 
 

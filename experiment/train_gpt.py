@@ -38,7 +38,7 @@ from models.kernels import use_cpu_kernels
 from utils import rundir
 from utils import train_config as tc
 from utils.checkpoint import save_checkpoint, unwrap
-from utils.cli import ArgumentParser, UserError, check_writable_dir, nonneg_int, pick_device, positive_int, run_main
+from utils.cli import ArgumentParser, UserError, check_writable_dir, pick_device, positive_int, run_main, seed_int
 from utils.evaluation import all_reduce_mean, evaluate_loss, sample_texts
 from utils.hellaswag import evaluate_hellaswag, load_hellaswag_if_found
 from utils.loader import ShardLoader, default_order
@@ -70,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "or a seeded permutation of windows per epoch (default: the data's own, utils.loader)")
     ap.add_argument("--out-dir", help="run directory (default logs/<model>-<preset>; with --resume PATH: "
                     "PATH's directory)")
-    ap.add_argument("--seed", type=nonneg_int, help="default 1337 (a resumed run keeps its own)")
+    ap.add_argument("--seed", type=seed_int, help="default 1337 (a resumed run keeps its own)")
     ap.add_argument("--resume", nargs="?", const="latest", metavar="PATH",
                     help="continue a run: from checkpoint PATH (an older one rewinds the run), or (no PATH) "
                     "from the newest resumable checkpoint in --out-dir; other flags keep the run's values")
@@ -181,12 +181,16 @@ def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
                                                device_type=device_type)
     start_step, time_before = 0, {"train": 0.0, "wall": 0.0}  # seconds spent by earlier sessions of the run
     if ckpt is not None:
-        raw_model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        train_loader.load_state_dict(ckpt["data_state"])
-        set_rng_state(ckpt["rng"])
-        start_step = int(ckpt["step"])
-        time_before = {"train": float(ckpt.get("train_time", 0.0)), "wall": float(ckpt.get("wall_time", 0.0))}
+        try:
+            raw_model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            train_loader.load_state_dict(ckpt["data_state"])
+            set_rng_state(ckpt["rng"])
+            time_before = {"train": float(ckpt.get("train_time", 0.0)), "wall": float(ckpt.get("wall_time", 0.0))}
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:  # a damaged or hand-edited file
+            raise UserError(f"{resume_from} cannot be resumed: its saved state is malformed "
+                            f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})") from e
+        start_step = ckpt["step"]
         del ckpt
     run_info = {"model": cfg.model, "preset": cfg.preset, "config": model_config.to_dict(), "train_config": asdict(cfg)}
     lock = rundir.claim(out, run_info, resume_from, start_step, args.overwrite, say) if master else None

@@ -3,6 +3,10 @@
     python experiment/train_vit.py                                   # synthetic, small ViT, ~1 min on CPU
     python experiment/train_vit.py --model ndvit --data cifar10      # ViT-S/16 config at 224 px, lr 1e-4
     python experiment/train_vit.py --out-dir logs/vit-vit --resume    # continue from the newest checkpoint
+
+A resumed run continues in its checkpoint's directory (or in an empty --out-dir); resuming an older
+checkpoint moves the later ones into out-dir/abandoned/. A second process writing into a run directory
+fails at once (a lock).
 """
 
 from __future__ import annotations
@@ -21,8 +25,20 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models import VIT_NAMES, build_vit
+from utils import rundir
 from utils.checkpoint import load_checkpoint, save_checkpoint
-from utils.cli import ArgumentParser, UserError, nonneg_float, pick_device, positive_float, positive_int, run_main
+from utils.cli import (
+    ArgumentParser,
+    UserError,
+    check_writable_dir,
+    nonneg_float,
+    pick_device,
+    positive_float,
+    positive_int,
+    run_main,
+    seed_int,
+)
+from utils.io import atomic_write
 from utils.precision import autocast
 from utils.rundir import run_checkpoints
 from utils.seed import seed_everything
@@ -37,6 +53,7 @@ VIT_DEFAULTS = {
                       epochs=5, batch_size=64, lr=1e-3),
 }
 ARCH_FLAGS = ("image_size", "patch_size", "width", "depth", "heads", "mlp_ratio")
+RESUME_FIELDS = {"epoch": int, "step": int, "optimizer": dict, "data": str}  # "step": 0 where an old one lacks it
 
 
 def parse_args(argv=None):
@@ -60,7 +77,7 @@ def parse_args(argv=None):
     p.add_argument("--synthetic-size", type=positive_int, nargs=2, default=None, metavar=("TRAIN", "TEST"),
                    help="number of synthetic train / test images (default 2000 500, or the checkpoint's)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--seed", type=int, default=42, help="init and shuffling seed (default 42)")
+    p.add_argument("--seed", type=seed_int, default=42, help="init and shuffling seed (default 42)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     p.add_argument("--out-dir", default=None, help="run directory (default: logs/vit-<model>)")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
@@ -68,28 +85,47 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def resolve_resume(args, out_dir: Path) -> tuple[Path | None, dict]:
-    """(checkpoint path, checkpoint) to resume from, or (None, {}) for a fresh run."""
+def resolve_resume(args) -> tuple[Path, Path | None, dict]:
+    """(run directory, checkpoint path to resume from, checkpoint); (run directory, None, {}) for a fresh run.
+    A resumed run continues in its checkpoint's directory unless --out-dir names an empty one."""
+    explicit = args.resume not in (None, "latest")
+    out_dir = Path(args.out_dir or (Path(args.resume).parent if explicit else f"logs/vit-{args.model or 'vit'}"))
+    check_writable_dir(out_dir, "--out-dir")
     newest = next(iter(run_checkpoints(out_dir)), None)
     if args.resume is None:
         if newest is not None:
             raise UserError(f"{out_dir} already holds checkpoints; pass --resume to continue "
                             "or choose another --out-dir")
-        return None, {}
-    path = newest if args.resume == "latest" else Path(args.resume)
+        return out_dir, None, {}
+    path = Path(args.resume) if explicit else newest
     if path is None:
         raise UserError(f"--resume: no model_*.pt checkpoint in {out_dir}")
+    if newest is not None and out_dir.resolve() != path.parent.resolve():
+        raise UserError(f"{out_dir} holds the checkpoints of another run; omit --out-dir to continue in "
+                        f"{path.parent} or choose another --out-dir")
     ckpt = load_checkpoint(path, expect_kind="vit")
+    ckpt.setdefault("step", 0)
+    wrong = [k for k, kind in RESUME_FIELDS.items() if not isinstance(ckpt.get(k), kind) or isinstance(ckpt[k], bool)]
+    wrong += [f"config.{k}" for k in (*ARCH_FLAGS, "num_classes") if k not in ckpt["config"]]
+    if wrong:
+        raise UserError(f"{path} is not a checkpoint train_vit.py can resume: {', '.join(wrong)} missing or malformed")
     if args.model is not None and args.model != ckpt["model_name"]:
         raise UserError(f"--model {args.model} given but {path} holds a {ckpt['model_name']} model")
-    return path, ckpt
+    return out_dir, path, ckpt
+
+
+def continue_log(src_dir: Path, out_dir: Path, epoch: int) -> None:
+    """out_dir/log.txt := the lines of src_dir/log.txt up to ``epoch``, so a resumed run repeats no epoch."""
+    log = src_dir / "log.txt"
+    lines = log.read_text().splitlines(keepends=True) if log.is_file() else []
+    atomic_write(out_dir / "log.txt", "".join(line for line in lines if (first := line.split()[:1])
+                                               and first[0].isdigit() and int(first[0]) <= epoch))
 
 
 def main(argv=None):
     args = parse_args(argv)
     device = pick_device(args.device)
-    out_dir = Path(args.out_dir or f"logs/vit-{args.model or 'vit'}")
-    resume_path, ckpt = resolve_resume(args, out_dir)
+    out_dir, resume_path, ckpt = resolve_resume(args)
 
     data_spec = args.data or ckpt.get("data", "synthetic")
     preset = VIT_DEFAULTS["synthetic" if data_spec == "synthetic" else "real"]
@@ -117,11 +153,14 @@ def main(argv=None):
     optimizer = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=args.weight_decay)
     start_epoch, step = 1, 0
     if ckpt:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])  # moves the AdamW state to the parameters' device
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])  # moves the AdamW state to the parameters' device
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise UserError(f"{resume_path} does not fit its own model: {str(e).splitlines()[0][:160]}") from e
         for group in optimizer.param_groups:  # an explicit --lr / --weight-decay wins over the saved ones
             group["lr"], group["weight_decay"] = hp["lr"], args.weight_decay
-        start_epoch, step = ckpt["epoch"] + 1, ckpt.get("step", 0)
+        start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
         print(f"resumed from {resume_path} (epoch {ckpt['epoch']}, step {step})")
     run_model = torch.compile(model) if args.compile else model
 
@@ -132,7 +171,12 @@ def main(argv=None):
         print(f"nothing to do: checkpoint is at epoch {start_epoch - 1}, --epochs is {hp['epochs']}")
         return
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = rundir.lock(out_dir)  # held while this process runs: a second writer fails at once
+    if ckpt:
+        aside = rundir.set_aside(out_dir, ckpt["epoch"]) if out_dir.resolve() == resume_path.parent.resolve() else None
+        if aside is not None:
+            print(f"rewound to epoch {ckpt['epoch']}: the later checkpoints and the old log are in {aside}")
+        continue_log(resume_path.parent, out_dir, ckpt["epoch"])
     batches_per_epoch = math.ceil(len(train_split) / hp["batch_size"])
     amp = torch.device(device).type == "cuda"  # bf16 autocast on CUDA only
     for epoch in range(start_epoch, hp["epochs"] + 1):
@@ -164,6 +208,7 @@ def main(argv=None):
                         optimizer=optimizer.state_dict(), epoch=epoch, step=step, data=data_spec,
                         synthetic_size=list(synthetic_size), seed=args.seed, train_loss=train_loss,
                         test_top1=test["top1"], test_loss=test["loss"])
+    lock.close()
     print(f"final test top-1 {test['top1']:.4f}; checkpoints in {out_dir}")
 
 

@@ -10,6 +10,11 @@
 # OUT (default logs/gpu), ONLY (models). TINY=1 shrinks everything to a seconds-long CPU check of the
 # logic (tests/test_scripts.py runs it). tokens/s and MFU of every run land in its summary.json.
 set -euo pipefail
+case ${1:-all} in
+  all | train | eval | prune | figures) ;;
+  -h | --help) sed -n '2,11p' "$0" | cut -c3-; exit 0 ;;
+  *) echo "usage: $0 [all|train|eval|prune|figures]" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 SHARED=${NDGPT2_SHARED_DATA:-../shared/data}
 OUT=${OUT:-logs/gpu}
@@ -71,5 +76,5 @@ if [[ $stage == figures || $stage == all ]]; then
   logs=() labels=()
   for m in "${MODELS[@]}"; do logs+=("$OUT/runs/$m/log.txt"); labels+=("$m"); done
   python experiment/compare.py "${logs[@]}" --labels "${labels[@]}" --pruning "$OUT"/sweep/* \
-    --evals "$OUT"/eval/*.json --out-dir "$OUT/plots"
+    --evals "$OUT"/eval/*.json --out-dir "$OUT/plots" --force
 fi

@@ -8,4 +8,4 @@ SHARED=${NDGPT2_SHARED_DATA:-../shared/data}
 # 524,288 tokens per optimizer step in all three original runs (B x T=1024 x accumulation x GPUs)
 python experiment/compare.py "$SHARED"/seed_logs/GPT2-124M-log.txt "$SHARED"/seed_logs/ndgpt2-96M-log.txt \
   "$SHARED"/seed_logs/NdGPT2-82M-log.txt --labels "GPT-2 124M" "NdGPT-2 96M" "NdGPT-2 82M" --smooth 0.99 \
-  --tokens-per-step 524288 --out-dir logs/original/plots
+  --tokens-per-step 524288 --out-dir logs/original/plots --force

@@ -76,7 +76,7 @@ figures() {
   for d in "$OUT"/sweep/*/; do [[ -f $d/sweep.md ]] && sweeps+=("${d%/}"); done  # finished sweeps only
   [[ ${#sweeps[@]} -gt 0 ]] && extra+=(--pruning "${sweeps[@]}")
   compgen -G "$OUT/eval/*.json" > /dev/null && extra+=(--evals "$OUT"/eval/*.json)
-  run python experiment/compare.py "${logs[@]}" --labels "${labels[@]}" "${extra[@]}" --out-dir "$OUT/plots"
+  run python experiment/compare.py "${logs[@]}" --labels "${labels[@]}" "${extra[@]}" --out-dir "$OUT/plots" --force
   run bash scripts/make_figures.sh
   run python scripts/study_readme.py --study "$OUT"  # the README's study tables
 }
@@ -96,5 +96,6 @@ case $stage in
     done
     [[ $stage == all ]] && figures ;;
   figures) figures ;;
+  -h | --help) sed -n '2,13p' "$0" | cut -c3- ;;
   *) echo "usage: $0 [all|data|runs|figures]" >&2; exit 2 ;;
 esac

@@ -311,6 +311,22 @@ def test_compare_draws_original_style_figures(tmp_path, capsys):
         assert cells[2:4] == [f"{min_val:.4f}", str(min_step)] and cells[6] == str(events[-1][0])
 
 
+def test_an_earlier_comparison_is_replaced_only_with_force(tmp_path):
+    with_hella = write_log(tmp_path / "b.txt", synthetic_events(seed=3, hella=(0.3, 0.34)))
+    without = write_log(tmp_path / "a.txt", synthetic_events(seed=2, hella=(0.2, 0.24)))  # at chance: no figure
+    out = tmp_path / "plots"
+    compare.main([str(with_hella), "--out-dir", str(out)])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "hellaswag.png" in before
+    with pytest.raises(UserError, match="already holds loss.png, val_tokens.png, hellaswag.png, summary.md; "
+                                        "pass --force"):
+        compare.main([str(without), "--out-dir", str(out)])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    compare.main([str(without), "--out-dir", str(out), "--force"])
+    assert sorted(p.name for p in out.iterdir()) == ["loss.png", "summary.md", "val_tokens.png"]  # no stale figure
+    assert "| a |" in (out / "summary.md").read_text() and "| b |" not in (out / "summary.md").read_text()
+
+
 def test_compare_rejects_bad_reports_before_writing(tmp_path, real_reports):
     good = write_log(tmp_path / "good.txt", synthetic_events(n_train=30))
     out = tmp_path / "out"

@@ -221,6 +221,12 @@ def test_cli_builds_and_rerun_is_idempotent(repo_root, tmp_path):
     assert changed.returncode == 2 and "--overwrite" in changed.stderr
     assert {p.name: p.stat().st_mtime_ns for p in sorted(out.iterdir())} == mtimes
 
+    other = [a if a != "cli" else "other" for a in args]  # another build would mix into the loader's glob
+    for extra in ([], ["--overwrite"]):
+        mixed = run_fineweb(repo_root, *other, *extra)
+        assert mixed.returncode == 2 and "another build (prefix cli)" in mixed.stderr, mixed.stderr
+        assert {p.name: p.stat().st_mtime_ns for p in sorted(out.iterdir())} == mtimes
+
 
 @pytest.mark.parametrize("case", ["missing", "empty", "not_utf8", "jsonl_no_text", "empty_corpus"])
 def test_cli_errors(repo_root, tmp_path, case):

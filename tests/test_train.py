@@ -286,6 +286,20 @@ def test_bad_input_in_process(corpus, reference_run, tmp_path):
     other.mkdir()
     (other / "log.txt").write_text("0 val 1.0\n")
     assert "omit --out-dir" in _user_error("--resume", reference_run / "model_00012.pt", "--out-dir", other)
+    assert "--seed: must be < 2**32" in _user_error(*new, "--seed", str(10**20), *ok)
+    assert "device 'meta' is not supported" in _user_error(*new, "--device", "meta", *ok)
+    # a damaged resumable checkpoint: one line naming what is wrong, and nothing written
+    good = torch.load(reference_run / "model_00012.pt", weights_only=True)
+    for i, (key, value, message) in enumerate((
+            ("step", "12", "malformed step '12'"), ("train_config", {**good["train_config"], "lr": "fast"},
+                                                    "malformed train_config field(s) lr='fast'"),
+            ("optimizer", {"state": {}}, "saved state is malformed (KeyError"),
+            ("rng", {"python": 1}, "saved state is malformed"), ("data_state", [], "bad data loader state"))):
+        damaged = tmp_path / f"damaged{i}" / "model_00012.pt"
+        damaged.parent.mkdir()
+        torch.save({**good, key: value}, damaged)
+        assert message in _user_error("--resume", damaged), key
+        assert sorted(p.name for p in damaged.parent.iterdir()) == ["model_00012.pt"]
     assert (reference_run / "log.txt").read_text() == log_before
     assert not (tmp_path / "new").exists()
 

@@ -200,6 +200,28 @@ def test_train_then_test_and_resume(repo_root, tmp_path):
     for k, v in ckpt["model"].items():
         torch.testing.assert_close(resumed["model"][k], v)
 
+    def epochs(log):
+        return [int(line.split()[0]) for line in log.read_text().splitlines()]
+    assert epochs(part / "log.txt") == [1] * 4 + [2] * 4  # one record per epoch across the resume
+
+    # a resumed run never writes into another run's directory ...
+    before = {p.name: p.stat().st_mtime_ns for p in full.iterdir()}
+    r = run(repo_root, "train_vit.py", "--resume", str(part / "model_001.pt"), "--out-dir", str(full), *SMALL_RUN)
+    assert r.returncode == 2 and "holds the checkpoints of another run" in r.stderr and "Traceback" not in r.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in full.iterdir()} == before
+    # ... continues in an empty one with the record up to its checkpoint ...
+    r = run(repo_root, "train_vit.py", "--resume", str(part / "model_001.pt"), "--out-dir", str(tmp_path / "branch"),
+            "--epochs", "2", *SMALL_RUN)
+    assert r.returncode == 0, r.stderr
+    assert epochs(tmp_path / "branch" / "log.txt") == [1] * 4 + [2] * 4
+    assert sorted(p.name for p in (tmp_path / "branch").glob("*.pt")) == ["model_002.pt"]
+    # ... and, by default, in its own directory, where an older checkpoint rewinds the run
+    r = run(repo_root, "train_vit.py", "--resume", str(part / "model_001.pt"), "--epochs", "2", *SMALL_RUN)
+    assert r.returncode == 0 and "rewound to epoch 1" in r.stdout, r.stderr
+    assert sorted(p.name for p in part.glob("*.pt")) == ["model_001.pt", "model_002.pt"]
+    assert [p.name for p in part.glob("abandoned/*/*.pt")] == ["model_002.pt"]
+    assert epochs(part / "log.txt") == [1] * 4 + [2] * 4
+
 
 def test_cli_errors_are_one_line(repo_root, tmp_path):
     gpt_ckpt = tmp_path / "gpt.pt"
@@ -241,4 +263,23 @@ def test_in_process_errors(tmp_path):
             train_vit.main([*flags, "--out-dir", str(tmp_path / "c")])
     with pytest.raises(UserError, match="must be >= 1"):
         test_vit.main(["--ckpt", str(existing), "--batch-size", "0"])
+    for flags, message in ((["--seed", "-1"], "must be >= 0"), (["--seed", str(2**64)], "must be < 2\\*\\*32"),
+                           (["--device", "meta"], "not supported")):
+        with pytest.raises(UserError, match=message):
+            train_vit.main([*flags, "--out-dir", str(tmp_path / "c"), "--synthetic-size", "8", "8"])
+    with pytest.raises(UserError, match="is a file"):
+        train_vit.main(["--out-dir", str(existing / "sub"), "--synthetic-size", "8", "8"])
+    with pytest.raises(UserError, match="is a file"):
+        train_vit.main(["--out-dir", str(existing), "--synthetic-size", "8", "8"])
     assert not (tmp_path / "c").exists()
+
+    vit = build_vit("vit", image_size=8, patch_size=4, width=8, depth=1, heads=2, num_classes=10)
+    for field, value in (("epoch", None), ("optimizer", "adam"), ("step", 1.5)):
+        broken = tmp_path / "broken" / f"model_00{len(field)}.pt"
+        broken.parent.mkdir(exist_ok=True)
+        save_checkpoint(broken, vit, kind="vit", model_name="vit", epoch=1, step=1, optimizer={}, data="synthetic")
+        ckpt = torch.load(broken, weights_only=True)
+        ckpt[field] = value
+        torch.save(ckpt, broken)
+        with pytest.raises(UserError, match=f"not a checkpoint train_vit.py can resume: {field} missing"):
+            train_vit.main(["--resume", str(broken), "--synthetic-size", "8", "8"])

@@ -37,8 +37,13 @@ def pick_device(requested: str | None = None) -> str:
             device = torch.device(requested)
         except RuntimeError as e:
             raise UserError(f"unknown device {requested!r}") from e
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"device {requested!r} requested but CUDA is not available")
+        available = {"cpu": lambda: True, "cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
+        if device.type not in available:
+            raise UserError(f"device {requested!r} is not supported; use cpu, cuda, cuda:N or mps")
+        if not available[device.type]():
+            raise UserError(f"device {requested!r} requested but {device.type.upper()} is not available")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise UserError(f"device {requested!r} requested but there are {torch.cuda.device_count()} CUDA devices")
         return requested
     if torch.cuda.is_available():
         return "cuda"
@@ -81,6 +86,14 @@ def positive_int(text: str) -> int:
 
 def nonneg_int(text: str) -> int:
     return _number(int, text, low=0)
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a seed every RNG takes (numpy's legacy seeding needs 0 <= seed < 2**32)."""
+    value = _number(int, text, low=0)
+    if value >= 2**32:
+        raise argparse.ArgumentTypeError(f"must be < 2**32, got {text!r}")
+    return value
 
 
 # ----------------------------------------------------------------------------- paths
@@ -132,7 +145,7 @@ def add_runtime_args(ap, seed: int | None = None) -> None:
                     help="bf16 autocast (default: on with CUDA; on the CPU only where it multiplies bf16 "
                          "at least as fast as fp32, see utils/precision.py)")
     if seed is not None:
-        ap.add_argument("--seed", type=int, default=seed, help=f"random seed (default {seed})")
+        ap.add_argument("--seed", type=seed_int, default=seed, help=f"random seed (default {seed})")
 
 
 class ArgumentParser(argparse.ArgumentParser):

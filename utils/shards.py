@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -36,6 +37,7 @@ BUILTIN_SHARD_SIZE = 50_000
 # seed 0) must hold one smoke-preset evaluation of distinct tokens, 20 val batches x 4 x 64 + 1 for the
 # targets. Only another --seed can fall short; a caller with a larger need passes min_val_tokens.
 BUILTIN_MIN_VAL_TOKENS = 20 * 4 * 64 + 1
+SHARD_NAME = re.compile(r"(.+)_(val|train)_\d{6}\.npy")
 
 
 class ShardWriter:
@@ -149,6 +151,11 @@ def write_shards(out_dir: str | Path, settings: dict, splits: Iterable[tuple[str
         manifest = up_to_date(out_dir, settings)
         if manifest is not None:
             return {**manifest, "skipped": True}
+        others = sorted({m[1] for path in out_dir.glob("*.npy")
+                         if (m := SHARD_NAME.fullmatch(path.name)) and m[1] != prefix})
+        if others:  # the loader reads every *_{split}_*.npy of a directory: two builds would mix
+            raise UserError(f"{out_dir} holds the shards of another build (prefix {', '.join(others)}); "
+                            "choose another --out-dir")
         remove_stale_tmp(out_dir)  # from a build that was killed; we hold the lock, so no one is writing
         old = sorted(out_dir.glob(f"{prefix}_val_*.npy")) + sorted(out_dir.glob(f"{prefix}_train_*.npy"))
         if old and not overwrite:

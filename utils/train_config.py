@@ -147,10 +147,23 @@ def from_checkpoint(ckpt: dict, where) -> TrainConfig:
         unknown = sorted(set(saved) - set(FIELDS))
         if unknown:
             raise UserError(f"{where}: unknown train_config field(s) {unknown} (written by a newer version?)")
-        return TrainConfig(**saved)
+        return checked_types(TrainConfig(**saved), where)
     if isinstance(ckpt.get("train_args"), dict):
         return from_train_args(ckpt["train_args"], ckpt["config"])
     raise UserError(f"{where} has no train_config (nor old-format train_args); it cannot be resumed")
+
+
+def checked_types(cfg: TrainConfig, where) -> TrainConfig:
+    """A config read from a file, with every field of its annotated type (``float`` takes an int)."""
+    bad = []
+    for field in dataclasses.fields(cfg):
+        value, allowed = getattr(cfg, field.name), field.type.replace(" ", "").split("|")
+        kind = "None" if value is None else "bool" if isinstance(value, bool) else type(value).__name__
+        if kind not in allowed and not (kind == "int" and "float" in allowed):
+            bad.append(f"{field.name}={value!r}")
+    if bad:
+        raise UserError(f"{where}: malformed train_config field(s) {', '.join(bad)}")
+    return cfg
 
 
 def model_config(cfg: TrainConfig):
@@ -192,6 +205,8 @@ def settle(flags: dict, cuda: bool, warn):
                 raise UserError(f"{path} is a model-only checkpoint (no optimizer/data state); it can be "
                                 "evaluated but not resumed")
             out = Path(flags["out_dir"] or path.parent)
+        if type(ckpt["step"]) is not int:
+            raise UserError(f"{path}: malformed step {ckpt['step']!r}; it cannot be resumed")
         cfg = for_resume(from_checkpoint(ckpt, path), flags, flags["allow_data_change"], warn)
         if cfg.max_steps < ckpt["step"]:
             raise UserError(f"--max-steps {cfg.max_steps} is before the checkpoint's step {ckpt['step']}")
