@@ -16,12 +16,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.sources import build_fineweb, build_from_files
-from utils.cli import UserError, run_main, seed_int
+from utils.cli import ArgumentParser, UserError, run_main, seed_int
 from utils.shards import BUILTIN_SHARD_SIZE, build_builtin
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="fineweb.py",
         description="Tokenize documents with GPT-2 BPE ([EOT] + tokens per document) into uint16 .npy shards "
                     "'{prefix}_{val,train}_NNNNNN.npy'. Default: FineWeb-EDU sample-10BT (shard 0 = val). "

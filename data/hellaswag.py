@@ -18,12 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.cli import check_writable_dir, run_main
+from utils.cli import ArgumentParser, check_writable_dir, run_main
 from utils.hellaswag import HELLASWAG_VAL_URL, download_hellaswag, load_hellaswag
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog="hellaswag.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out-dir", default="data/hellaswag", help="cache directory (default: %(default)s)")
     ap.add_argument("--url", default=HELLASWAG_VAL_URL,
                     help="source URL, or file:///PATH to copy a local file (default: the rowanz GitHub file)")

@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiment import figures, tables
-from utils.cli import UserError, check_writable_dir, positive_int, run_main
+from utils.cli import ArgumentParser, UserError, check_writable_dir, positive_int, run_main
 from utils.io import atomic_write, markdown_table, text_table
 from utils.report import PRUNING_HEADERS, pruning_rows
 from utils.runlog import read_log
@@ -40,8 +40,8 @@ OUTPUTS = ("loss.png", "val_tokens.png", "hellaswag.png", "sparsity.png", "summa
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="compare.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog="compare.py", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("logs", nargs="*", type=Path, help="training logs ('{step} train|val|hella {value}' lines)")
     ap.add_argument("--out-dir", type=Path, required=True, help="directory for the PNGs and summary.md")
     ap.add_argument("--labels", nargs="+", help="one label per log; equal labels are seeds of one model "

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.hf import is_gpt2_compatible
 from utils.checkpoint import load_gpt
-from utils.cli import run_main
+from utils.cli import ArgumentParser, run_main
 from utils.hf_export import check_export_dir, export_hf
 
 PROG = "export_hf.py"
@@ -35,8 +35,8 @@ Its acc / acc_norm equal test_gpt.py's lm-eval-convention numbers (utils/hellasw
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog=PROG, description=__doc__, epilog=EPILOG,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog=PROG, description=__doc__, epilog=EPILOG,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", required=True, help="checkpoint written by train_gpt.py or pruning/wanda.py")
     ap.add_argument("--out", required=True, help="directory to write (must not exist, unless --force)")
     ap.add_argument("--force", action="store_true", help="replace an existing export directory at --out")

@@ -18,7 +18,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.checkpoint import load_any_gpt
-from utils.cli import add_model_source_args, add_runtime_args, pick_device, positive_float, positive_int, run_main
+from utils.cli import (
+    ArgumentParser,
+    add_model_source_args,
+    add_runtime_args,
+    pick_device,
+    positive_float,
+    positive_int,
+    run_main,
+)
 from utils.evaluation import sample_texts
 from utils.precision import resolve_amp
 from utils.seed import seed_everything
@@ -28,8 +36,8 @@ PROG = "generate.py"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog=PROG, description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog=PROG, description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_source_args(ap, "checkpoint model_NNNNN.pt written by train_gpt.py or pruning/wanda.py")
     ap.add_argument("--prompt", default="Hello, I'm a language model,")
     ap.add_argument("--num-samples", type=positive_int, default=4)

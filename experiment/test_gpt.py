@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.cli import add_model_source_args, add_runtime_args, check_output_path, positive_int, run_main
+from utils.cli import ArgumentParser, add_model_source_args, add_runtime_args, check_output_path, positive_int, run_main
 from utils.io import atomic_write_json
 from utils.report import Evaluation, add_hellaswag_args, describe_block
 
@@ -30,8 +30,8 @@ PROG = "test_gpt.py"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog=PROG, description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog=PROG, description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_source_args(ap)
     ap.add_argument("--data", default=None, help="token shard directory (default: see above)")
     ap.add_argument("--split", default="val", choices=("val", "train"))

@@ -12,6 +12,7 @@ from pruning.wanda import GROUPS, PRUNERS
 from pruning.wanda import __doc__ as WANDA_DOC
 from utils.checkpoint import save_checkpoint
 from utils.cli import (
+    ArgumentParser,
     UserError,
     add_model_source_args,
     add_runtime_args,
@@ -42,8 +43,8 @@ def add_setup_args(ap) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog=PROG, description=WANDA_DOC,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog=PROG, description=WANDA_DOC,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_setup_args(ap)
     ap.add_argument("--method", choices=[*PRUNERS, *DEPRECATED_METHODS], default="wanda",
                     help="wanda (default), magnitude-layer (the paper's baseline), magnitude-row; "
@@ -84,7 +85,7 @@ def validate(args) -> None:
     except ValueError as e:
         raise UserError(str(e)) from e
     for flag in ("out", "json"):
-        check_output_path(getattr(args, flag), f"--{flag}", force=args.force, inputs=(args.ckpt,))
+        check_output_path(getattr(args, flag), f"--{flag}", force=args.force, inputs=(args.ckpt, args.before_json))
     if args.out and args.json and Path(args.out).resolve() == Path(args.json).resolve():
         raise UserError("--out and --json must be different files")
     if args.before_json:

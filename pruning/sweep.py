@@ -28,7 +28,7 @@ from tqdm import tqdm
 from pruning.cli import Setup, add_setup_args, check_setup
 from pruning.masks import check_pruning_args, parse_nm
 from pruning.wanda import PRUNERS
-from utils.cli import UserError, check_writable_dir, finite_float, run_main
+from utils.cli import ArgumentParser, UserError, check_writable_dir, finite_float, run_main
 from utils.io import atomic_write, atomic_write_json, markdown_table, text_table
 from utils.report import PRUNING_HEADERS, add_hellaswag_args, pruning_rows, read_report
 
@@ -37,7 +37,7 @@ SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_setup_args(ap)
     ap.add_argument("--out-dir", required=True, help="directory of the reports (created; reused on a rerun)")
     ap.add_argument("--methods", nargs="+", choices=list(PRUNERS), default=list(PRUNERS))
@@ -63,7 +63,13 @@ def validate(args) -> list[tuple[str, float, tuple | None]]:
         raise UserError(str(e)) from e
     if any(s == 0 for s in args.sparsities):
         raise UserError("--sparsities: 0 is the dense model (dense.json); give sparsities > 0")
-    settings = [(m, s, None) for m in args.methods for s in dict.fromkeys(args.sparsities)]
+    named = {}
+    for s in dict.fromkeys(args.sparsities):
+        if (name := tag(s, None)) in named:
+            raise UserError(f"--sparsities {named[name]:g} and {s:g} share the report name {name}; "
+                            "give sparsities whole percents apart")
+        named[name] = s
+    settings = [(m, s, None) for m in args.methods for s in named.values()]
     settings += [(m, nm[0] / nm[1], nm) for m in args.methods for nm in dict.fromkeys(patterns)]
     if not settings:
         raise UserError("nothing to sweep: give --sparsities and/or --nm")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiment.tables import eval_seed_rows, load_reports, sparsity_deltas  # noqa: E402
-from utils.cli import UserError, run_main  # noqa: E402
+from utils.cli import ArgumentParser, UserError, run_main  # noqa: E402
 from utils.io import atomic_write, markdown_table  # noqa: E402
 from utils.report import at_chance  # noqa: E402
 
@@ -36,16 +37,26 @@ def mean_cell(values: list[float], spec: str) -> str:
 
 def compute_hours(study: Path, evals: list[dict], sweeps: list[dict]) -> float:
     """Seconds spent, as the run summaries and reports record them: training + final evals + sweeps."""
-    seconds = sum(json.loads(p.read_text())["wall_time_s"] for p in study.glob("runs/*/summary.json"))
+    seconds = sum(wall_time(p) for p in study.glob("runs/*/summary.json"))
     seconds += sum(e["timings"]["eval_s"] for e in evals)
     seconds += sum(sum(r["timings"].values()) for r in sweeps)
     seconds += sum(r["timings"]["eval_s"] for r in load_reports(sorted(study.glob("sweep/*/dense.json")), "eval"))
     return seconds / 3600
 
 
+def wall_time(summary: Path) -> float:
+    try:
+        return float(json.loads(summary.read_text())["wall_time_s"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{summary}: not a train_gpt.py summary with wall_time_s ({type(e).__name__})") from e
+
+
 def run_seed(report: dict) -> str:
     """The seed of the run a report measured: its checkpoint's directory is logs/mini/runs/<model>-s<seed>."""
-    return Path(report["source"]).parent.name.rsplit("-s", 1)[1]
+    run = Path(report["source"]).parent.name
+    if not re.fullmatch(r".+-s\d+", run):
+        raise UserError(f"{report['source']}: not in a <model>-s<seed> run directory, as mini_repro.sh writes them")
+    return run.rsplit("-s", 1)[1]
 
 
 def paired_gaps(evals: list[dict], reference: str = "gpt2-mlp1536") -> list[str]:
@@ -118,13 +129,16 @@ def study_block(study: Path) -> str:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog="study_readme.py", description=__doc__.split("\n\n")[0],
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--study", type=Path, default=Path("logs/mini"), help="the study's logs (default logs/mini)")
     ap.add_argument("--readme", type=Path, default=Path("README.md"), help="the file to update (default README.md)")
     ap.add_argument("--check", action="store_true", help="only compare; exit 1 if the README is out of date")
     args = ap.parse_args(argv)
-    text = args.readme.read_text(encoding="utf-8")
+    try:
+        text = args.readme.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {args.readme}: {getattr(e, 'strerror', None) or e}") from e
     if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
         raise UserError(f"{args.readme}: needs one {BEGIN} ... {END} block")
     head, rest = text.split(BEGIN)

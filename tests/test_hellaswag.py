@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
@@ -162,6 +163,20 @@ def test_missing_file_and_bad_limit(tmp_path, derived_file):
         load_hellaswag(derived_file, limit=0)
     assert default_hellaswag_path(derived_file) == derived_file
     assert default_hellaswag_path().is_file()
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(derived_file.read_bytes()[:5000].split(b"\n")[0] + b"\n" + "caf\xe9".encode("latin-1"))
+    with pytest.raises(UserError, match=f"{latin1}:2: not UTF-8 text"):
+        load_hellaswag(latin1)
+    with pytest.raises(UserError, match="not found"):  # a directory
+        load_hellaswag(tmp_path)
+
+
+def test_unreadable_file_is_one_line(derived_file, monkeypatch):
+    def denied(self):  # chmod 0 does not stop root, who runs CI
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(UserError, match=f"cannot read {derived_file}: Permission denied"):
+        load_hellaswag(derived_file)
 
 
 def test_limit_and_convention_names(derived_file, examples):
@@ -307,7 +322,9 @@ class FakeResponse(io.BytesIO):
 
 @pytest.mark.parametrize("body, fail_after, message", [
     (b"<!DOCTYPE html><html>404: Not Found</html>\n", None, "not valid JSON"),  # an HTML error page
-    (b"\xff\xfe garbage\n", None, "not valid JSON"),
+    (b"\xff\xfe garbage\n", None, ":1: not UTF-8 text"),
+    (json.dumps({"ctx": "x", "endings": ["a", "b", "c", "d"], "label": 0}).encode() + b'\n{"ctx": "caf\xe9"}\n', None,
+     ":2: not UTF-8 text"),  # latin-1 bytes: refused, not cached with replacement characters
     (b"", None, "holds no HellaSwag examples"),
     (json.dumps({"ctx": "x", "endings": ["a", "b", "c", "d"], "label": 0}).encode() + b'\n{"ctx": "cut of', None,
      ":2: not valid JSON"),  # a body cut off inside its second record
@@ -365,3 +382,6 @@ def test_cli(repo_root, tmp_path, capsys):
                              missing_url], cwd=repo_root, capture_output=True, text=True, timeout=60)
     assert failed.returncode == 2 and failed.stderr.startswith("hellaswag.py: error:")
     assert len(failed.stderr.strip().splitlines()) == 1 and existing.read_text() == "keep me"
+    with pytest.raises(UserError, match="cannot download notaurl: unknown url type"):
+        main(["--out-dir", str(tmp_path / "out2"), "--url", "notaurl"])
+    assert not (tmp_path / "out2").exists()

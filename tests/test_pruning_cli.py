@@ -17,7 +17,6 @@ from pruning import sweep
 from pruning.wanda import main as wanda_main
 from tests.conftest import run_cli as run_cli_in_process
 from utils.checkpoint import load_gpt, save_checkpoint
-from utils.cli import run_main
 from utils.params import count_params
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=256)
@@ -101,6 +100,13 @@ def test_cli_before_json_reuses_dense_metrics_only_when_settings_match(workspace
     other[other.index("--val-batches") + 1] = 3  # another evaluation: the old 'before' must not be used
     code, _, err = run_in_process(capsys, "--ckpt", ckpt, "--data", data, "--before-json", first, *other)
     assert code == 2 and "other settings (val_batches)" in err
+    report = first.read_text()
+    code, _, err = run_in_process(capsys, "--ckpt", ckpt, "--data", data, "--before-json", first, "--json", first,
+                                  "--force", *FAST)
+    assert code == 2 and "is also an input" in err and first.read_text() == report
+    other[other.index("--val-batches") + 1] = 100000  # more than the val split holds: would repeat batches
+    code, _, err = run_in_process(capsys, "--ckpt", ckpt, "--data", data, *other, "--json", second, "--force")
+    assert code == 2 and "100000 val batches" in err and "holds" in err, err
 
 
 # (arguments, expected message, run as a real subprocess too: a few cases cover the process boundary)
@@ -178,14 +184,7 @@ SWEEP_FAST = ("--calib-samples", 4, "--val-batches", 2, "--val-batch-size", 2, "
 
 
 def run_sweep(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        run_main(lambda: sweep.main([str(a) for a in args]), "sweep.py")
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli_in_process(capsys, sweep.main, "sweep.py", *args)
 
 
 def test_sweep_writes_one_report_per_setting_and_reuses_them(workspace, capsys, monkeypatch):
@@ -241,7 +240,9 @@ def test_sweep_bad_input(workspace, capsys):
                            (("--out-dir", tmp / "s", "--sparsities", "1.5"), "sparsity must be in [0, 1)"),
                            (("--out-dir", tmp / "s", "--sparsities", "0"), "0 is the dense model"),
                            (("--out-dir", tmp / "s", "--nm", "2:3", "--sparsities"), "2:3 prunes no layer"),
-                           (("--out-dir", tmp / "s", "--nm", "4:2"), "0 < N < M")]:
+                           (("--out-dir", tmp / "s", "--nm", "4:2"), "0 < N < M"),
+                           (("--out-dir", tmp / "s", "--sparsities", "0.1", "0.104"), "share the report name 10pct"),
+                           (("--out-dir", tmp / "s", "--seed", "-1"), "--seed: must be >= 0")]:
         code, _, err = run_sweep(capsys, *base, *extra)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (extra, err)
     assert not (tmp / "s").exists() or not any((tmp / "s").glob("*.json"))

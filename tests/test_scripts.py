@@ -1,11 +1,15 @@
-"""scripts/gpu_study.sh end to end on the CPU with TINY=1: every stage runs and writes what the README reads."""
+"""scripts/: gpu_study.sh end to end on the CPU with TINY=1, study_readme.py against the committed logs and on
+bad input, and the study scripts' usage."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 
 def test_gpu_study_logic_runs_tiny_on_cpu(repo_root, shared_data, corpus, tmp_path):
@@ -47,3 +51,34 @@ def test_readme_study_block_is_what_the_committed_logs_give(repo_root, tmp_path)
     assert bad.returncode == 1 and "out of date" in bad.stdout
     subprocess.run([*script, "--readme", str(stale)], check=True, capture_output=True)
     assert stale.read_text(encoding="utf-8") == original
+
+
+def test_study_readme_bad_input_is_one_line(repo_root, tmp_path):
+    study = tmp_path / "study"
+    shutil.copytree(repo_root / "logs/mini", study, ignore=shutil.ignore_patterns("*.png", "samples.txt"))
+    script = [sys.executable, str(repo_root / "scripts" / "study_readme.py"), "--study", str(study), "--check"]
+
+    def error(*extra) -> str:
+        result = subprocess.run([*script, *extra], cwd=repo_root, capture_output=True, text=True)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        return result.stderr
+    assert "cannot read" in error("--readme", str(tmp_path / "missing.md"))
+    summary = study / "runs" / "gpt2-s1" / "summary.json"
+    summary.write_text(json.dumps({k: v for k, v in json.loads(summary.read_text()).items() if k != "wall_time_s"}))
+    assert f"{summary}: not a train_gpt.py summary with wall_time_s" in error()
+    summary.unlink()
+    report = study / "eval" / "gpt2-s1.json"
+    data = json.loads(report.read_text())
+    report.write_text(json.dumps({**data, "source": data["source"].replace("gpt2-s1", "gpt2-first")}))
+    assert "not in a <model>-s<seed> run directory" in error()
+
+
+@pytest.mark.parametrize("script", ["gpu_study.sh", "mini_repro.sh"])
+def test_study_scripts_usage(repo_root, script):
+    """A stage name the script does not know runs nothing: usage on stderr, exit 2; --help prints the header."""
+    bogus = subprocess.run(["bash", f"scripts/{script}", "bogus"], cwd=repo_root, capture_output=True, text=True,
+                           env={**os.environ, "DRY": "1"}, timeout=60)
+    assert bogus.returncode == 2 and bogus.stderr.startswith("usage:") and bogus.stdout == ""
+    help_ = subprocess.run(["bash", f"scripts/{script}", "--help"], cwd=repo_root, capture_output=True, text=True,
+                           env={**os.environ, "DRY": "1"}, timeout=60)
+    assert help_.returncode == 0 and f"bash scripts/{script} [all|" in help_.stdout and help_.stderr == ""

@@ -60,8 +60,21 @@ def load_hellaswag(path, limit: int | None = None) -> list[dict]:
         raise UserError(f"limit must be >= 1, got {limit}")
     if not path.is_file():
         raise UserError(f"HellaSwag file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        return parse_lines(f, path, limit)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from e
+    return parse_lines(utf8_lines(data, path), path, limit)
+
+
+def utf8_lines(data: bytes, where) -> list[str]:
+    """The lines of ``data`` (split at "\\n" only: a JSON string may hold U+2028), or a UserError naming the
+    first line that is not UTF-8."""
+    try:
+        return data.decode("utf-8").split("\n")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UserError(f"{where}:{line}: not UTF-8 text") from None
 
 
 def parse_lines(lines, where, limit: int | None = None) -> list[dict]:
@@ -131,13 +144,15 @@ def download_hellaswag(out_dir="data/hellaswag", url: str = HELLASWAG_VAL_URL, f
                 while chunk := response.read(1 << 20):
                     data += chunk
                     bar.update(len(chunk))
-        parse_lines(bytes(data).decode("utf-8", errors="replace").splitlines(), url)  # every line, before writing
+        parse_lines(utf8_lines(bytes(data), url), url)  # every line, before writing
         atomic_write(dest, bytes(data))
     except urllib.error.HTTPError as e:
         raise UserError(f"cannot download {url}: HTTP {e.code}") from e
     except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
         raise UserError(f"no network; pass --hellaswag PATH (e.g. {SHARED_HINT}) "
                         f"[{type(e).__name__}: {getattr(e, 'reason', e)}]") from e
+    except ValueError as e:  # urlopen: "unknown url type"
+        raise UserError(f"cannot download {url}: {e}") from e
     except OSError as e:
         raise UserError(f"cannot write {dest}: {e.strerror or e}") from e
     return dest
