@@ -64,21 +64,17 @@ def load_hellaswag(path, limit: int | None = None) -> list[dict]:
         data = path.read_bytes()
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror or e}") from e
-    return parse_lines(utf8_lines(data, path), path, limit)
+    return parse_jsonl(data, path, limit)
 
 
-def utf8_lines(data: bytes, where) -> list[str]:
-    """The lines of ``data`` (split at "\\n" only: a JSON string may hold U+2028), or a UserError naming the
-    first line that is not UTF-8."""
+def parse_jsonl(data: bytes, where, limit: int | None = None) -> list[dict]:
+    """The examples of jsonl ``data`` (blank lines skipped; lines end at "\\n" only, as a JSON string may hold
+    U+2028); a line that is not UTF-8 or not a HellaSwag record is a UserError naming where:line."""
     try:
-        return data.decode("utf-8").split("\n")
+        lines = data.decode("utf-8").split("\n")
     except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise UserError(f"{where}:{line}: not UTF-8 text") from None
-
-
-def parse_lines(lines, where, limit: int | None = None) -> list[dict]:
-    """The examples of jsonl ``lines`` (blank lines skipped); a malformed line is a UserError naming where:line."""
+        bad_line = data.count(b"\n", 0, e.start) + 1
+        raise UserError(f"{where}:{bad_line}: not UTF-8 text") from None
     examples = []
     for lineno, line in enumerate(lines, start=1):
         if limit is not None and len(examples) >= limit:
@@ -144,7 +140,7 @@ def download_hellaswag(out_dir="data/hellaswag", url: str = HELLASWAG_VAL_URL, f
                 while chunk := response.read(1 << 20):
                     data += chunk
                     bar.update(len(chunk))
-        parse_lines(utf8_lines(bytes(data), url), url)  # every line, before writing
+        parse_jsonl(bytes(data), url)  # every line, before writing
         atomic_write(dest, bytes(data))
     except urllib.error.HTTPError as e:
         raise UserError(f"cannot download {url}: HTTP {e.code}") from e

@@ -42,7 +42,8 @@ def find_shards(data_dir: str | Path, split: str) -> list[Path]:
     """The split's shards ``*_{split}_*.npy`` in ``data_dir``, sorted by name."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise UserError(f"data directory {data_dir} does not exist (build it with data/fineweb.py)")
+        problem = "is a file, not a directory of token shards" if data_dir.exists() else "does not exist"
+        raise UserError(f"data directory {data_dir} {problem} (build one with data/fineweb.py)")
     shards = sorted(data_dir.glob(f"*_{split}_*.npy"))
     if not shards:
         raise UserError(f"no '{split}' shards (*_{split}_*.npy) in {data_dir}")
