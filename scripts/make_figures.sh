@@ -3,7 +3,11 @@
 # logs in ../shared/data/seed_logs (seconds, no training). The CPU study's figures are made by
 # `bash scripts/mini_repro.sh figures`, which calls experiment/compare.py the same way.
 set -euo pipefail
-if [[ $# -gt 0 ]]; then echo "usage: $0   (no arguments; env NDGPT2_SHARED_DATA: the shared data folder)" >&2; exit 2; fi
+case $# in
+  0) ;;
+  *) if [[ $1 == -h || $1 == --help ]]; then sed -n '2,4p' "$0" | cut -c3-; exit 0; fi
+     echo "usage: $0   (no arguments; env NDGPT2_SHARED_DATA: the shared data folder)" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 SHARED=${NDGPT2_SHARED_DATA:-../shared/data}
 # 524,288 tokens per optimizer step in all three original runs (B x T=1024 x accumulation x GPUs)

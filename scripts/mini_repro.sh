@@ -19,7 +19,7 @@ OUT=logs/mini
 read -r -a MODELS <<< "${ONLY:-gpt2 ndgpt2 gpt2-mlp1536}"
 read -r -a SEEDS <<< "${SEEDS:-1 2 3}"
 SWEEP_SEEDS=" ${SWEEP_SEEDS:-1 2} "
-# 4 layers x 192 wide, T 256; 160 steps of 8,192 tokens = 1.31M tokens per run (a sixth of one epoch);
+# 4 layers x 192 wide, T 256; 160 steps of 8,192 tokens = 1.31M tokens per run (18% of one epoch);
 # val loss every 10 steps on a fixed 32,768-token val subset; fp32 everywhere (see README).
 SIZE=(--n-layer 4 --n-head 4 --n-embd 192 --block-size 256 --seq-len 256)
 TRAIN=(--preset smoke --data "$DATA" --order windows --micro-batch 8 --total-batch 8192 --max-steps 160

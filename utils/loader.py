@@ -1,6 +1,6 @@
 """Batches from uint16 token shards: memory-mapped, rank-strided, resumable, in one of two orders.
 
-``order="shards"`` (build-nanogpt's): each epoch visits the shards in a permutation seeded by
+``order="shards"`` (build-nanogpt's, plus a shard shuffle): each epoch visits the shards in a permutation seeded by
 ``seed + epoch`` and reads each front to back. Rank r of W reads its B*T+1 tokens at
 ``pos + r*B*T`` and all ranks advance ``pos`` by B*T*W, so one process doing k micro-steps sees the
 same tokens as k processes doing one (within a shard).
