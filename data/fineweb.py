@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.sources import build_fineweb, build_from_files
-from utils.cli import ArgumentParser, UserError, run_main, seed_int
+from utils.cli import ArgumentParser, UserError, check_writable_dir, run_main, seed_int
 from utils.shards import BUILTIN_SHARD_SIZE, build_builtin
 
 
@@ -73,15 +73,15 @@ def main() -> None:
     check_args(args)
     common = {"prefix": args.prefix or "edufineweb", "shard_size": args.shard_size or 100_000_000,
               "max_tokens": args.max_tokens, "workers": args.workers, "overwrite": args.overwrite}
+    default = "data/builtin" if args.builtin else "data/custom" if args.input else "data/edu_fineweb10B"
+    out_dir = args.out_dir or default
+    check_writable_dir(out_dir, "--out-dir")
     if args.builtin:
-        out_dir = args.out_dir or "data/builtin"
         manifest = build_builtin(out_dir, shard_size=args.shard_size or BUILTIN_SHARD_SIZE, seed=args.seed)
     elif args.input:
-        out_dir = args.out_dir or "data/custom"
         manifest = build_from_files(args.input, out_dir, val_docs=args.val_docs, val_fraction=args.val_fraction,
                                     seed=args.seed, strip=args.strip_gutenberg, **common)
     else:
-        out_dir = args.out_dir or "data/edu_fineweb10B"
         manifest = build_fineweb(out_dir, **common)
     shards = manifest["shards"]
     state = "up to date, nothing to do" if manifest["skipped"] else "written"

@@ -4,10 +4,11 @@
     python data/hellaswag.py --url file:///path/to/hellaswag_val.jsonl   # copy a local file instead
     python data/hellaswag.py --check PATH                        # validate PATH, print its example count
 
-The file lands in data/hellaswag/hellaswag_val.jsonl, where the evaluators look first (then the shared
-llama.cpp-derived copy, ../shared/data/hellaswag/hellaswag_val_llamacpp_derived.jsonl: the same 10,042
-examples, lm-eval-preprocessed, usable offline with --hellaswag PATH). The download is validated line by
-line before it is written (atomically), so a failed or cut-off download leaves nothing behind.
+The file lands in data/hellaswag/hellaswag_val.jsonl (whatever the source's name), where the evaluators
+look first (then the shared llama.cpp-derived copy,
+../shared/data/hellaswag/hellaswag_val_llamacpp_derived.jsonl: the same 10,042 examples,
+lm-eval-preprocessed, usable offline with --hellaswag PATH). The download is validated line by line
+before it is written (atomically), so a failed or cut-off download leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.cli import ArgumentParser, check_writable_dir, run_main
-from utils.hellaswag import HELLASWAG_VAL_URL, download_hellaswag, load_hellaswag
+from utils.hellaswag import HELLASWAG_VAL_URL, LOCAL_VAL, download_hellaswag, load_hellaswag
 
 
 def main(argv=None) -> None:
@@ -30,10 +31,10 @@ def main(argv=None) -> None:
     ap.add_argument("--force", action="store_true", help="fetch again even if the file is cached")
     ap.add_argument("--check", metavar="PATH", help="only validate PATH and print its example count")
     args = ap.parse_args(argv)
-    if args.check:
+    if args.check is not None:
         print(f"{args.check}: {len(load_hellaswag(args.check))} valid HellaSwag examples")
         return
-    cached = Path(args.out_dir) / Path(args.url).name
+    cached = Path(args.out_dir) / LOCAL_VAL.name
     if cached.is_file() and not args.force:
         print(f"already cached: {cached} ({cached.stat().st_size:,} bytes); --force fetches it again")
         return

@@ -94,9 +94,11 @@ def file_texts(path: Path, strip: bool = False) -> Iterator[str]:
 
 def check_inputs(paths: Iterable[str | Path], strip: bool = False) -> list[tuple[Path, int]]:
     """Validate every input file before anything is written: (path, number of non-empty documents) each."""
-    files = []
+    files, seen = [], {}
     for p in paths:
         path = Path(p)
+        if path.exists() and (same := seen.setdefault(path.resolve(), path)) is not path:
+            raise UserError(f"input {path} is given twice (as {same}); a document would land in val and train")
         if path.suffix not in TEXT_SUFFIXES:
             raise UserError(f"{path}: unsupported input type (use {', '.join(TEXT_SUFFIXES)})")
         if not path.exists():

@@ -48,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    check_output_path(args.json, "--json", force=args.force, inputs=(args.ckpt,))
+    check_output_path(args.json, "--json", force=args.force, inputs=(args.ckpt, args.hellaswag))
     ev = Evaluation(args)
     seq_len = args.seq_len or min(ev.model.config.block_size, 1024)
     ev.use_val(args.data, args.split, args.batches, args.micro_batch, seq_len, "--seq-len")

@@ -249,7 +249,8 @@ class GPT(nn.Module):
                 hidden = self.hidden_states(idx[:, -self.config.block_size:])
             else:  # only the tokens the caches do not hold yet
                 hidden = self.hidden_states(idx[:, caches[0].length:], caches)
-            logits = self.lm_head(hidden[:, -1, :]).float() / temperature
+            logits = self.lm_head(hidden[:, -1, :]).float()
+            logits = (logits - logits.amax(-1, keepdim=True)) / temperature  # max first: a tiny T stays finite
             if top_k == 1:
                 next_id = logits.argmax(dim=-1, keepdim=True)
             else:

@@ -32,8 +32,13 @@ def from_pretrained(name_or_dir: str = "gpt2") -> GPT:
         return _load_ndgpt2(Path(name_or_dir))
     from transformers import GPT2LMHeadModel
 
-    hf = GPT2LMHeadModel.from_pretrained(name_or_dir)
+    hf, info = GPT2LMHeadModel.from_pretrained(name_or_dir, output_loading_info=True)
     c = hf.config
+    missing = sorted(k for k in info["missing_keys"] if not k.endswith(_MASK_BUFFERS) and k != "lm_head.weight")
+    mismatched = sorted(str(k) for k in info["mismatched_keys"])
+    if c.model_type != "gpt2" or missing or mismatched:  # transformers would fill them at random
+        raise ValueError(f"not a complete GPT-2 checkpoint (model_type {c.model_type!r}; missing weights "
+                         f"{missing[:3]}{'...' if len(missing) > 3 else ''}; mismatched {mismatched[:3]})")
     gelu = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}.get(c.activation_function)
     if gelu is None:
         raise ValueError(f"unsupported GPT-2 activation {c.activation_function!r}")

@@ -24,6 +24,7 @@ from utils.cli import (
 from utils.io import atomic_write_json, fmt
 from utils.loader import find_shards, sample_windows
 from utils.report import Evaluation, add_hellaswag_args, describe_block, read_report
+from utils.rundir import checkpoint_step, holds_run
 
 PROG = "wanda.py"
 DEPRECATED_METHODS = {"magnitude": "magnitude-row"}
@@ -84,8 +85,12 @@ def validate(args) -> None:
         check_pruning_args(args.sparsity, args.nm)
     except ValueError as e:
         raise UserError(str(e)) from e
+    inputs = (args.ckpt, args.before_json, args.hellaswag)
     for flag in ("out", "json"):
-        check_output_path(getattr(args, flag), f"--{flag}", force=args.force, inputs=(args.ckpt, args.before_json))
+        check_output_path(getattr(args, flag), f"--{flag}", force=args.force, inputs=inputs)
+    if args.out and checkpoint_step(args.out) is not None and holds_run(Path(args.out).parent):
+        raise UserError(f"--out {args.out} would pass for a training checkpoint of the run in "
+                        f"{Path(args.out).parent} (a resume would set it aside); choose another name")
     if args.out and args.json and Path(args.out).resolve() == Path(args.json).resolve():
         raise UserError("--out and --json must be different files")
     if args.before_json:
@@ -161,8 +166,9 @@ def main(argv=None) -> None:
     report, result = setup.prune(args.method, args.sparsity, args.nm, before, before_s)
     print_summary(report)
     if args.out:
-        step = {} if setup.header["step"] is None else {"step": setup.header["step"]}
-        save_checkpoint(args.out, setup.model, kind="gpt", model_name=setup.header["model"], **step,
+        lineage = {k: v for k, v in (("step", setup.header["step"]), ("trained_on", setup.header["trained_on"]),
+                                     ("earlier_pruning", setup.pruned_before)) if v}  # evaluated as its parent
+        save_checkpoint(args.out, setup.model, kind="gpt", model_name=setup.header["model"], **lineage,
                         val_loss=report["after"]["val_loss"], pruning=copy.deepcopy(result))
         print(f"pruned checkpoint: {args.out}")
     if args.json:

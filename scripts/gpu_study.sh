@@ -7,12 +7,13 @@
 #
 # Env: DATA (token shards; default data/edu_fineweb10B if present, else data/prose built from the shared
 # Gutenberg books), HELLASWAG (jsonl), TOKENS (per model, default 62,914,560 = 240 steps of 262,144),
+# VAL_BATCHES (val batches of 32 x 1024 tokens: 64 on FineWeb-EDU, 16 on the books),
 # OUT (default logs/gpu), ONLY (models). TINY=1 shrinks everything to a seconds-long CPU check of the
 # logic (tests/test_scripts.py runs it). tokens/s and MFU of every run land in its summary.json.
 set -euo pipefail
 case ${1:-all} in
   all | train | eval | prune | figures) ;;
-  -h | --help) sed -n '2,11p' "$0" | cut -c3-; exit 0 ;;
+  -h | --help) sed -n '2,12p' "$0" | cut -c3-; exit 0 ;;
   *) echo "usage: $0 [all|train|eval|prune|figures]" >&2; exit 2 ;;
 esac
 cd "$(dirname "$0")/.."
@@ -36,8 +37,11 @@ if [[ -n ${TINY:-} ]]; then  # the same stages on a 2-layer, 32-wide model for a
 else
   SIZE=(--seq-len 1024)
   BATCH=(--micro-batch 64 --total-batch 262144)
-  STEPS=${STEPS:-$(( ${TOKENS:-62914560} / 262144 ))} EVAL_EVERY=60 VAL_TOKENS=2097152
-  FINAL=(--batches 64 --micro-batch 32 --seq-len 1024 --limit 0) PRUNE_VAL=(--val-batches 64 --val-batch-size 32)
+  # val tokens: 2,097,152 of FineWeb-EDU's 100M-token val shard; 524,288 of the books' 589,198 (no batch twice)
+  VAL_BATCHES=${VAL_BATCHES:-$([[ $DATA == *edu_fineweb10B ]] && echo 64 || echo 16)}  # of 32 x 1024 tokens
+  STEPS=${STEPS:-$(( ${TOKENS:-62914560} / 262144 ))} EVAL_EVERY=60 VAL_TOKENS=$(( VAL_BATCHES * 32768 ))
+  FINAL=(--batches "$VAL_BATCHES" --micro-batch 32 --seq-len 1024 --limit 0)
+  PRUNE_VAL=(--val-batches "$VAL_BATCHES" --val-batch-size 32)
   CALIB=(--calib-samples 128 --calib-len 1024) RUNTIME=(--compile) EVAL_RT=()
 fi
 WARMUP=$(( STEPS / 10 > 0 ? STEPS / 10 : 1 ))

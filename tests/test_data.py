@@ -148,7 +148,7 @@ def test_max_tokens_and_val_fraction(tmp_path):
     assert split_tokens(tmp_path / "cap", "val") + split_tokens(tmp_path / "cap", "train") == full[:cap]
     with pytest.raises(UserError, match="empty corpus"):  # nothing left for train
         sources.build_from_files(inputs, tmp_path / "none", shard_size=1000, val_docs=1, max_tokens=3)
-    assert list((tmp_path / "none").iterdir()) == []
+    assert not (tmp_path / "none").exists()
 
 
 def test_fineweb_layout_first_shard_is_val(tmp_path, monkeypatch):
@@ -228,13 +228,13 @@ def test_cli_builds_and_rerun_is_idempotent(repo_root, tmp_path):
         assert {p.name: p.stat().st_mtime_ns for p in sorted(out.iterdir())} == mtimes
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "not_utf8", "jsonl_no_text", "empty_corpus"])
+@pytest.mark.parametrize("case", ["missing", "empty", "not_utf8", "jsonl_no_text", "empty_corpus", "twice"])
 def test_cli_errors(repo_root, tmp_path, case):
     good = tmp_path / "good.txt"
     good.write_text("a perfectly fine document")
     bad = tmp_path / {"jsonl_no_text": "bad.jsonl", "empty_corpus": "bad.jsonl"}.get(case, "bad.txt")
     expect = {"missing": "does not exist", "empty": "is empty", "not_utf8": "not UTF-8",
-              "jsonl_no_text": f"{bad}:2: no 'text'", "empty_corpus": "empty corpus"}[case]
+              "jsonl_no_text": f"{bad}:2: no 'text'", "empty_corpus": "empty corpus", "twice": "is given twice"}[case]
     if case == "empty":
         bad.write_text("")
     elif case == "not_utf8":
@@ -244,6 +244,8 @@ def test_cli_errors(repo_root, tmp_path, case):
     elif case == "empty_corpus":
         bad.write_text('{"text": ""}\n\n{"text": ""}\n')
         good.unlink()
+    elif case == "twice":  # the same file by another path: one document would be in val and in train
+        bad.symlink_to(good)
     out = tmp_path / "out"
     inputs = [bad] if case == "empty_corpus" else [good, bad]
     result = run_fineweb(repo_root, "--input", *inputs, "--out-dir", out, "--workers", 1)
@@ -251,7 +253,16 @@ def test_cli_errors(repo_root, tmp_path, case):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fineweb.py: error:") and expect in lines[0], result.stderr
     assert "Traceback" not in result.stderr
-    assert not out.exists() or not any(out.iterdir())  # no shard, no .tmp, no manifest
+    assert not out.exists()  # no shard, no .tmp, no manifest, not even the directory
+
+
+def test_cli_out_dir_that_is_a_file(repo_root, tmp_path):
+    good = tmp_path / "good.txt"
+    good.write_text("a perfectly fine document")
+    for out in (good, good / "sub"):
+        result = run_fineweb(repo_root, "--input", good, good.with_name("x.txt"), "--out-dir", out)
+        assert result.returncode == 2 and "is a file, not a directory" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and good.read_text() == "a perfectly fine document"
 
 
 def test_concurrent_builds_take_turns(tmp_path):
@@ -285,7 +296,7 @@ def test_failure_mid_build_leaves_no_shard(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="65536"):
         sources.build_from_files(inputs, out, shard_size=2, val_docs=1)
     assert len(calls) == 4
-    assert list(out.iterdir()) == []  # the shards written before the error are removed, no .tmp left
+    assert not out.exists()  # the shards written before the error are removed, no .tmp left, no directory
 
 
 def test_write_shards_takes_a_stream_of_texts_and_token_arrays(tmp_path):

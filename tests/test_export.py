@@ -141,8 +141,21 @@ def test_bad_input_one_line(tmp_path, repo_root):
     assert "not an HF export" in error("--ckpt", ckpt, "--out", foreign, "--force")
     assert (foreign / "notes.txt").read_text() == "keep"
     assert "holds the input" in error("--ckpt", ckpt, "--out", tmp_path, "--force")
+    killed = tmp_path / f".{out.name}.999999999.tmp"  # what an export killed mid-write leaves
+    killed.mkdir()
     main(["--ckpt", str(ckpt), "--out", str(out), "--force"])  # replacing an export works
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp dirs left
+    link = tmp_path / "link"
+    link.symlink_to(out)
+    main(["--ckpt", str(ckpt), "--out", str(link), "--force"])  # through a link: its target is replaced
+    assert link.is_symlink() and (link / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    cwd = os.getcwd()
+    try:
+        os.chdir(out)
+        assert "is or holds the current directory" in error("--ckpt", ckpt, "--out", ".", "--force")
+    finally:
+        os.chdir(cwd)
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)

@@ -104,3 +104,14 @@ def test_cli_bad_checkpoint_exit_2(repo_root, tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("generate.py: error: ") and "corrupt" in lines[0]
+
+
+def test_a_tiny_temperature_samples_the_argmax():
+    """T -> 0 is greedy decoding: logits / 1e-40 overflow unless the max is taken out first."""
+    torch.manual_seed(0)
+    model = build_model("gpt2", **TINY).eval()
+    idx = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        greedy = model.generate(idx, 8, top_k=1)
+        cold = model.generate(idx, 8, temperature=1e-40, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(cold, greedy)

@@ -143,6 +143,7 @@ def test_rowanz_format_matches_lm_eval_process_docs(tmp_path):
     json.dumps({"ctx": "x", "endings": ["a", "b", "c"], "label": 0}),
     json.dumps({"ctx": "x", "endings": ["a", "b", "c", "d"], "label": 4}),
     json.dumps({"ctx": "x", "endings": ["a", "b", "c", "d"], "label": True}),
+    json.dumps({"ctx": "x", "endings": ["a", "b", "c", "d"], "label": "²"}),  # a digit int() cannot read
     json.dumps(["ctx", "endings"]),
 ])
 def test_malformed_line_names_file_and_line(tmp_path, bad):
@@ -303,7 +304,7 @@ def test_download_from_file_url_and_offline(tmp_path, monkeypatch):
 
     monkeypatch.setattr("urllib.request.urlopen", offline)
     with pytest.raises(UserError, match="no network; pass --hellaswag PATH"):
-        download_hellaswag(out, url=src.as_uri(), force=True, progress=False)
+        download_hellaswag(out, url="https://example.invalid/hellaswag_val.jsonl", force=True, progress=False)
     assert path.read_text() == src.read_text()  # the cached file survives a failed re-download
 
 
@@ -384,4 +385,14 @@ def test_cli(repo_root, tmp_path, capsys):
     assert len(failed.stderr.strip().splitlines()) == 1 and existing.read_text() == "keep me"
     with pytest.raises(UserError, match="cannot download notaurl: unknown url type"):
         main(["--out-dir", str(tmp_path / "out2"), "--url", "notaurl"])
+    with pytest.raises(UserError, match="cannot read file:.*No such file or directory"):
+        main(["--out-dir", str(tmp_path / "out2"), "--url", missing_url])
+    with pytest.raises(UserError, match=r"not found \(a directory\)"):
+        main(["--check", str(tmp_path)])
+    with pytest.raises(UserError, match="not found"):  # an empty path is no path, not a download
+        main(["--check", ""])
     assert not (tmp_path / "out2").exists()
+    other_name = tmp_path / "src" / "my_copy.jsonl"
+    other_name.write_text(src.read_text())
+    main(["--out-dir", str(tmp_path / "out3"), "--url", other_name.as_uri()])  # lands where evaluators look
+    assert [p.name for p in (tmp_path / "out3").iterdir()] == ["hellaswag_val.jsonl"]

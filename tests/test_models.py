@@ -577,3 +577,22 @@ def test_kv_cache_refuses_what_it_cannot_hold():
     cache.append(k[:, :, :1], k[:, :, :1], block_size=4)
     with pytest.raises(ValueError, match="block_size"):
         cache.append(k[:, :, :1], k[:, :, :1], block_size=4)  # full
+
+
+def test_from_pretrained_refuses_an_incomplete_or_foreign_checkpoint(tmp_path, offline):
+    """transformers fills missing weights at random and warns; our loader refuses instead."""
+    from safetensors.torch import load_file, save_file
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
+
+    tiny = GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=32, vocab_size=100)
+    GPT2LMHeadModel(tiny).save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if "wte" in k or "wpe" in k}, tmp_path / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"not a complete GPT-2 checkpoint .*missing weights \['transformer.h.0"):
+        GPT.from_pretrained(str(tmp_path))
+    bert = tmp_path / "bert"
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                         vocab_size=100)).save_pretrained(bert)
+    with pytest.raises(ValueError, match="model_type 'bert'"):
+        GPT.from_pretrained(str(bert))

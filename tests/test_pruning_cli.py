@@ -246,3 +246,37 @@ def test_sweep_bad_input(workspace, capsys):
         code, _, err = run_sweep(capsys, *base, *extra)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (extra, err)
     assert not (tmp / "s").exists() or not any((tmp / "s").glob("*.json"))
+
+
+def test_pruned_checkpoint_is_evaluated_on_its_parents_data_and_keeps_every_pass(workspace, capsys):
+    """test_gpt.py without --data evaluates a pruned checkpoint on the data its dense parent trained on (not
+    a default corpus), and pruning a pruned checkpoint again keeps the record of the first pass."""
+    from experiment import test_gpt
+
+    tmp, data, _ = workspace
+    parent = tmp / "trained.pt"
+    save_checkpoint(parent, tiny_model(), kind="gpt", model_name="gpt2", step=7, train_config={"data": str(data)})
+    once, twice = tmp / "once.pt", tmp / "twice.pt"
+    code, _, err = run_in_process(capsys, "--ckpt", parent, "--data", data, "--sparsity", "0.3", "--out", once, *FAST)
+    assert code == 0, err
+    code, _, err = run_in_process(capsys, "--ckpt", once, "--data", data, "--nm", "2:4", "--out", twice, *FAST)
+    assert code == 0, err
+    ckpt = torch.load(twice, weights_only=True)
+    assert ckpt["trained_on"] == str(data) and ckpt["step"] == 7
+    assert [p["sparsity"] for p in ckpt["earlier_pruning"]] == [pytest.approx(0.3)] and ckpt["pruning"]["nm"] == [2, 4]
+    code, _, err = run_cli_in_process(capsys, test_gpt.main, "test_gpt.py", "--ckpt", twice, "--batches", 2,
+                                      "--micro-batch", 2, "--seq-len", 16, "--no-hellaswag", "--device", "cpu",
+                                      "--json", tmp / "eval.json")
+    assert code == 0, err
+    assert json.loads((tmp / "eval.json").read_text())["settings"]["eval"]["data"] == str(data)
+
+
+def test_pruned_output_never_passes_for_a_training_checkpoint(workspace, capsys):
+    tmp, data, ckpt = workspace
+    run_dir = tmp / "run"
+    run_dir.mkdir()
+    (run_dir / "log.txt").write_text("0 val 5.0\n")
+    code, _, err = run_in_process(capsys, "--ckpt", ckpt, "--data", data, "--out", run_dir / "model_00250.pt", *FAST)
+    assert code == 2 and "would pass for a training checkpoint" in err and not (run_dir / "model_00250.pt").exists()
+    code, _, err = run_in_process(capsys, "--ckpt", ckpt, "--data", data, "--out", run_dir / "pruned_00250.pt", *FAST)
+    assert code == 0, err

@@ -164,6 +164,14 @@ def test_cifar_python_batches_are_read_channel_first(tmp_path):
         load_image_data(str(tmp_path / "missing"))
     with pytest.raises(UserError):
         load_image_data(str(tmp_path / "cifar-10-batches-py" / "data_batch_1"))
+    good = (root / "test_batch").read_bytes()
+    for batch, message in (({b"data": np.zeros((5, 100), np.uint8), b"labels": [0] * 5}, "ValueError"),
+                           ({b"data": np.zeros((5, 3072), np.uint8), b"labels": [0, 1, 2, 3, 12]}, "outside 0..9"),
+                           ({b"data": np.zeros((5, 3072), np.uint8), b"labels": [0, 1]}, "5 images but 2 labels")):
+        (root / "test_batch").write_bytes(pickle.dumps(batch))
+        with pytest.raises(UserError, match=message):
+            load_image_data(str(root))
+    (root / "test_batch").write_bytes(good)
 
 
 def run(repo_root, script, *args):

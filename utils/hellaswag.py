@@ -59,7 +59,7 @@ def load_hellaswag(path, limit: int | None = None) -> list[dict]:
     if limit is not None and limit < 1:
         raise UserError(f"limit must be >= 1, got {limit}")
     if not path.is_file():
-        raise UserError(f"HellaSwag file not found: {path}")
+        raise UserError(f"HellaSwag file not found{' (a directory)' if path.is_dir() else ''}: {path}")
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -108,7 +108,7 @@ def _parse_record(line: str, where: str) -> dict:
         raise UserError(f"{where}: ctx must be a string")
     if not isinstance(endings, list) or len(endings) != 4 or not all(isinstance(e, str) for e in endings):
         raise UserError(f"{where}: endings must be a list of 4 strings")
-    if isinstance(label, str) and label.strip().isdigit():
+    if isinstance(label, str) and label.strip().isdecimal():
         label = int(label)
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label <= 3:
         raise UserError(f"{where}: label must be 0..3, got {record['label']!r}")
@@ -129,7 +129,7 @@ def download_hellaswag(out_dir="data/hellaswag", url: str = HELLASWAG_VAL_URL, f
     """Download (or, for a file:// URL, copy) the validation jsonl into ``out_dir``; an existing file is
     kept unless ``force``. The bytes are read whole (~11 MB) and every line validated (an HTML error page or a
     cut-off record is refused) before ``atomic_write`` puts them in place: a failure leaves nothing behind."""
-    dest = Path(out_dir) / Path(url).name
+    dest = Path(out_dir) / LOCAL_VAL.name  # whatever the source's name: where the evaluators look
     if dest.is_file() and not force:
         return dest
     try:
@@ -142,13 +142,13 @@ def download_hellaswag(out_dir="data/hellaswag", url: str = HELLASWAG_VAL_URL, f
                     bar.update(len(chunk))
         parse_jsonl(bytes(data), url)  # every line, before writing
         atomic_write(dest, bytes(data))
-    except urllib.error.HTTPError as e:
-        raise UserError(f"cannot download {url}: HTTP {e.code}") from e
+    except (urllib.error.HTTPError, ValueError) as e:  # a status, or urlopen's "unknown url type"
+        raise UserError(f"cannot download {url}: {f'HTTP {e.code}' if hasattr(e, 'code') else e}") from e
     except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-        raise UserError(f"no network; pass --hellaswag PATH (e.g. {SHARED_HINT}) "
-                        f"[{type(e).__name__}: {getattr(e, 'reason', e)}]") from e
-    except ValueError as e:  # urlopen: "unknown url type"
-        raise UserError(f"cannot download {url}: {e}") from e
+        reason = getattr(e, "reason", e)
+        if url.startswith("file:"):
+            raise UserError(f"cannot read {url}: {getattr(reason, 'strerror', None) or reason}") from e
+        raise UserError(f"no network; pass --hellaswag PATH (e.g. {SHARED_HINT}) [{type(e).__name__}: {reason}]") from e
     except OSError as e:
         raise UserError(f"cannot write {dest}: {e.strerror or e}") from e
     return dest

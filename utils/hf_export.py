@@ -10,6 +10,7 @@ vocabulary is padded to 50304; ids 50257..50303 have no text and the tokenizer n
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -51,6 +52,8 @@ def check_export_dir(out: str | os.PathLike, flag: str = "--out", *, force: bool
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{flag} {out} is a file; give a directory path")
+    if out.resolve() in (Path.cwd(), *Path.cwd().parents):
+        raise UserError(f"{flag} {out} is or holds the current directory; give another path")
     for other in inputs:
         if other is not None and out.resolve() in Path(other).resolve().parents:
             raise UserError(f"{flag} {out} holds the input {other}; choose another directory")
@@ -65,10 +68,12 @@ def check_export_dir(out: str | os.PathLike, flag: str = "--out", *, force: bool
 def export_hf(model, out_dir: str | os.PathLike, readme: str = "") -> Path:
     """Write ``model``'s HF directory (weights, config, code for NdLinear models, tokenizer, README.md)
     into a temp sibling of ``out_dir``, then swap it in: a failure leaves any old ``out_dir`` whole."""
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # a symlink: its target is replaced
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     old = out.with_name(f".{out.name}.{os.getpid()}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):  # of an export that was killed
+        if not _alive(stale.name.rsplit(".", 2)[-2]):
+            shutil.rmtree(stale, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
         model.save_hf(str(tmp))
@@ -83,7 +88,7 @@ def export_hf(model, out_dir: str | os.PathLike, readme: str = "") -> Path:
             out.rename(old)
         try:
             tmp.rename(out)
-        except OSError:
+        except BaseException:  # Ctrl-C included: the old export goes back in place
             if old.exists():
                 old.rename(out)
             raise
@@ -93,3 +98,13 @@ def export_hf(model, out_dir: str | os.PathLike, readme: str = "") -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, PermissionError):  # not a PID, or another user's process
+        return True
+    return True

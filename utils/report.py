@@ -120,11 +120,16 @@ class Evaluation:
         if args.ckpt is not None:
             self.model, c = load_gpt(args.ckpt, self.device)
             train = c.get("train_config") or c.get("train_args") or {}  # the latter: checkpoints before TrainConfig
+            trained_on = c.get("trained_on") or (train.get("data") if isinstance(train, dict) else None)  # pruned
             self.header = {"model": c.get("model_name", "gpt2"), "source": str(args.ckpt), "step": c.get("step"),
-                           "trained_on": train.get("data") if isinstance(train, dict) else None}
+                           "trained_on": trained_on}
+            # a pruned checkpoint pruned again keeps the record of every pass
+            self.pruned_before = [*c.get("earlier_pruning", []), c["pruning"]] if "pruning" in c else []
         else:
             self.model, _ = load_any_gpt(None, args.hf, self.device)
-            self.header = {"model": "gpt2", "source": f"hf:{args.hf}", "step": None, "trained_on": None}
+            model = "gpt2" if self.model.config.mlp == "dense" else "ndgpt2"  # an NdLinear export: its family
+            self.header = {"model": model, "source": f"hf:{args.hf}", "step": None, "trained_on": None}
+            self.pruned_before = []
 
     def use_val(self, data, split: str, batches: int, batch_size: int, seq_len: int, seq_len_flag: str) -> None:
         """The val loader (none when ``batches`` is 0) and ``self.eval``, everything the numbers of an evaluation

@@ -126,17 +126,22 @@ def up_to_date(out_dir: str | Path, settings: dict) -> dict | None:
 
 @contextlib.contextmanager
 def locked(out_dir: Path) -> Iterator[None]:
-    """An exclusive lock on the directory itself: concurrent builders (e.g. DDP ranks) take turns."""
+    """An exclusive lock on the directory itself: concurrent builders (e.g. DDP ranks) take turns. A
+    directory created here is removed again when the build fails before writing anything into it."""
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    if fcntl is None:
-        yield
-        return
-    fd = os.open(out_dir, os.O_RDONLY)
+    fd = os.open(out_dir, os.O_RDONLY) if fcntl is not None else None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
+    except BaseException:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
     finally:
-        os.close(fd)  # releases the lock
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
 
 def write_shards(out_dir: str | Path, settings: dict, splits: Iterable[tuple[str, Iterable[str | np.ndarray]]],

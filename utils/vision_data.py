@@ -100,10 +100,15 @@ def _read_cifar_batches(paths: list[Path]) -> ImageSplit:
         try:
             with open(path, "rb") as f:
                 batch = pickle.load(f, encoding="bytes")
-            data.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels += batch[b"labels"]
-        except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError) as e:
-            raise UserError(f"cannot read CIFAR-10 batch {path}: {e}") from e
+            images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            batch_labels = [int(y) for y in batch[b"labels"]]
+        except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as e:
+            raise UserError(f"cannot read CIFAR-10 batch {path}: {type(e).__name__}: {e}") from e
+        if len(batch_labels) != len(images) or not all(0 <= y < 10 for y in batch_labels):
+            raise UserError(f"CIFAR-10 batch {path}: {len(images)} images but {len(batch_labels)} labels, "
+                            "or a label outside 0..9")
+        data.append(images)
+        labels += batch_labels
     return ImageSplit(torch.from_numpy(np.concatenate(data)), torch.tensor(labels, dtype=torch.int64))
 
 
