@@ -26,16 +26,6 @@ from utils.cli import positive_int, run_main
 CONFIG = dict(n_layer=6, n_embd=384, n_head=6, block_size=1024, vocab_size=50304)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
 def main() -> None:
     ap = bench_parser(__doc__)
     ap.add_argument("--batch", type=positive_int, nargs="+", default=[1, 4], help="batch sizes to run")
@@ -61,7 +51,7 @@ def main() -> None:
     lines = [f"`python bench/bench_generate.py --batch {' '.join(map(str, args.batch))} --prompt {args.prompt} "
              f"--new-tokens {new} --repeats {args.repeats}` — greedy, fp32, random dense GPT-2 6 layers x 384, "
              f"6 heads, vocab 50304, prompt {args.prompt}, {new} new tokens; median of {args.repeats} interleaved "
-             f"runs; CPU: {cpu_name()}; {machine_line()}.", "",
+             f"runs; {machine_line()}.", "",
              "| batch | ours, KV cache | ours, no cache | HF generate(use_cache=True) | cache / no cache | "
              "ours / HF | same tokens |", "|---|---|---|---|---|---|---|"]
     generators = {"cache": lambda p: ours.generate(p, new, top_k=1),

@@ -46,7 +46,12 @@ def interleaved_medians(cases: dict, repeats: int = 7, warmup: int = 2, settle: 
 
 
 def machine_line() -> str:
-    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+    """The CPU (model name and whether it multiplies bf16 natively), threads, torch and the date."""
+    from utils.precision import cpuinfo
+
+    flags = set(cpuinfo("flags").split())
+    isa = "AMX" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags else "no native bf16"
+    return (f"CPU: {cpuinfo('model name') or platform.machine()} ({isa}), {torch.get_num_threads()} threads, "
             f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
 
 

@@ -10,15 +10,16 @@ import time
 import torch
 
 
-def _cpu_flags() -> set[str]:
+def cpuinfo(field: str) -> str:
+    """The first ``field`` line of /proc/cpuinfo ("" off Linux)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith(field):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return ""
 
 
 def _matmul_seconds(dtype: torch.dtype, n: int = 512, reps: int = 5) -> float:
@@ -36,7 +37,7 @@ def _matmul_seconds(dtype: torch.dtype, n: int = 512, reps: int = 5) -> float:
 def cpu_bf16_is_fast() -> bool:
     """True if a bf16 matmul on this CPU is at least as fast as fp32 (checked once per process).
     Without bf16 instructions in the CPU flags the probe is skipped (an emulated bf16 matmul is slow)."""
-    flags = _cpu_flags()
+    flags = set(cpuinfo("flags").split())
     if flags and not ({"amx_bf16", "avx512_bf16"} & flags):
         return False
     return _matmul_seconds(torch.bfloat16) <= _matmul_seconds(torch.float32)
