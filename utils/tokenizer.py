@@ -65,8 +65,12 @@ def get_encoding() -> tiktoken.Encoding:
 
 
 def tokenize_document(text: str) -> np.ndarray:
-    """[EOT] + encode_ordinary(text) as uint16 (special-token text is encoded as ordinary text)."""
-    return np.array([EOT] + get_encoding().encode_ordinary(text), dtype=np.uint16)
+    """[EOT] + encode_ordinary(text) as uint16 (special-token text is encoded as ordinary text). Through
+    tiktoken's buffer, not a Python list: the list would hold the GIL the worker threads share."""
+    ids = get_encoding().encode_to_numpy(text, disallowed_special=())  # = encode_ordinary, as uint32
+    tokens = np.empty(len(ids) + 1, dtype=np.uint16)
+    tokens[0], tokens[1:] = EOT, ids
+    return tokens
 
 
 def _tokens(document: str | np.ndarray) -> np.ndarray:
