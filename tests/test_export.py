@@ -194,3 +194,17 @@ def test_lm_eval_hellaswag_equals_ours(tmp_path, shared_data, repo_root, monkeyp
         pred, pred_norm = predictions(examples, *score_examples(model, examples, convention="lm-eval"), "lm-eval")
         assert [s["acc"] for s in samples] == (pred == labels).float().tolist()
         assert [s["acc_norm"] for s in samples] == (pred_norm == labels).float().tolist()
+
+
+def test_reports_name_an_exported_model_by_its_family(tmp_path, corpus, capsys):
+    """test_gpt.py --hf DIR: an NdLinear export is reported as ndgpt2, a dense one as gpt2."""
+    from experiment import test_gpt
+    from tests.conftest import run_cli
+
+    for name, family in (("ndgpt2", "ndgpt2"), ("gpt2", "gpt2")):
+        _, _, out = export(tmp_path / name, name)
+        code, _, err = run_cli(capsys, test_gpt.main, "test_gpt.py", "--hf", out, "--data", corpus, "--batches", 2,
+                               "--micro-batch", 2, "--seq-len", 32, "--no-hellaswag", "--device", "cpu",
+                               "--json", tmp_path / f"{name}.json")
+        assert code == 0, err
+        assert json.loads((tmp_path / f"{name}.json").read_text())["model"] == family
