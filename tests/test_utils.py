@@ -92,3 +92,26 @@ def test_keep_freed_memory_stops_per_step_page_faults():
     # the price is bounded: the heap settles at about a step's worth more than glibc's default
     assert tuned["rss_kb"][-1] == tuned["rss_kb"][-3]
     assert tuned["rss_kb"][-1] - plain["rss_kb"][-1] < 3 * (64 << 10)
+
+
+def test_atomic_write_replaces_whole_and_clears_what_killed_writers_left(tmp_path):
+    import os
+
+    from utils.io import atomic_write, atomic_write_json
+
+    target = tmp_path / "report.json"
+    dead = tmp_path / ".report.json.999999999.tmp"  # a writer killed before its rename (no such PID)
+    dead.write_text("half a rep")
+    live = tmp_path / f".report.json.{os.getppid()}.tmp"  # a writer still running: left alone
+    live.write_text("in progress")
+    atomic_write_json(target, {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert not dead.exists() and live.read_text() == "in progress"
+
+    def full_disk(f):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+    with pytest.raises(OSError):
+        atomic_write(target, full_disk)
+    assert json.loads(target.read_text()) == {"a": 1}  # the old file whole, and no temp file of ours
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "report.json"]

@@ -10,13 +10,13 @@ vocabulary is padded to 50304; ids 50257..50303 have no text and the tokenizer n
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
 from pathlib import Path
 
 from utils.cli import UserError, check_writable_dir
+from utils.io import remove_dead_tmp
 from utils.tokenizer import EOT, bpe_files
 
 EOT_TEXT = "<|endoftext|>"
@@ -71,9 +71,7 @@ def export_hf(model, out_dir: str | os.PathLike, readme: str = "") -> Path:
     out = Path(out_dir).resolve()  # a symlink: its target is replaced
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     old = out.with_name(f".{out.name}.{os.getpid()}.old")
-    for stale in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):  # of an export that was killed
-        if not _alive(stale.name.rsplit(".", 2)[-2]):
-            shutil.rmtree(stale, ignore_errors=True)
+    remove_dead_tmp(out)  # of an export that was killed
     try:
         tmp.mkdir(parents=True)
         model.save_hf(str(tmp))
@@ -99,12 +97,3 @@ def export_hf(model, out_dir: str | os.PathLike, readme: str = "") -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
-
-def _alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (ValueError, PermissionError):  # not a PID, or another user's process
-        return True
-    return True

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -14,6 +16,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[IO[bytes
     same directory, fsync it, then rename it over ``path``: a crash never leaves a torn ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_tmp(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -30,6 +33,29 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[IO[bytes
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
     atomic_write(path, json.dumps(obj, indent=2) + "\n")
+
+
+def remove_dead_tmp(path: str | os.PathLike) -> None:
+    """Remove the temp siblings ``.NAME.PID.tmp`` (files or directories) of ``path`` whose process is gone:
+    what a write killed before its rename left behind."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if _alive(stale.name.rsplit(".", 2)[-2]):
+            continue
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, PermissionError):  # not a PID, or another user's process
+        return True
+    return True
 
 
 def remove_stale_tmp(directory: str | os.PathLike) -> None:
