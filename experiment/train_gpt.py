@@ -170,9 +170,9 @@ def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
     train_loader = ShardLoader(cfg.data, "train", cfg.micro_batch, cfg.seq_len, order=cfg.order, **loader_args)
     val_loader = ShardLoader(cfg.data, "val", cfg.micro_batch, cfg.seq_len, shuffle=False, **loader_args)
     val_steps = tc.val_steps(cfg, world)
-    if val_steps * world > val_loader.n_windows:  # the loader would wrap: tokens counted twice
-        raise UserError(f"--val-tokens {cfg.val_tokens:,} asks for {val_steps * world} val batches of "
-                        f"{cfg.micro_batch} x {cfg.seq_len}, but {cfg.data} holds {val_loader.n_windows}; "
+    if val_steps > val_loader.steps_per_epoch:  # the loader would wrap: tokens counted twice
+        raise UserError(f"--val-tokens {cfg.val_tokens:,} asks for {val_steps} val steps of {world} x "
+                        f"{cfg.micro_batch} x {cfg.seq_len}, but {cfg.data} holds {val_loader.steps_per_epoch}; "
                         "ask for fewer")
     hellaswag = None if cfg.no_hellaswag else load_hellaswag_if_found(cfg.hellaswag, cfg.hellaswag_limit, note=say)
 

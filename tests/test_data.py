@@ -423,6 +423,20 @@ def test_two_ranks_see_what_one_rank_sees_in_two_steps(tmp_path):
     assert position[0] == position[1] == position[2]
 
 
+@pytest.mark.parametrize("order", ["shards", "windows"])
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_steps_per_epoch_is_where_the_unshuffled_val_read_wraps(tmp_path, order, world):
+    """What an evaluation may ask for without counting a batch twice: steps_per_epoch steps of every rank
+    read distinct batches, and the next step repeats one (91 windows: not a multiple of 2 or 3)."""
+    data = make_shards(tmp_path / "d", [300, 1000, 186], split="val")
+    ranks = [ShardLoader(data, "val", 2, 8, rank=r, world_size=world, order=order) for r in range(world)]
+    steps = ranks[0].steps_per_epoch
+    assert steps > 0
+    firsts = [int(loader.next_batch()[0][0, 0]) for _ in range(steps) for loader in ranks]
+    assert len(set(firsts)) == len(firsts) == steps * world
+    assert any(int(loader.next_batch()[0][0, 0]) in firsts for loader in ranks)
+
+
 def test_world_size_shards_are_skipped_consistently(tmp_path):
     data = make_shards(tmp_path / "d", [100, 600])
     # one step of 2 ranks needs 2*4*16+1 = 129 tokens: only shard 1 fits, for both ranks

@@ -260,7 +260,7 @@ def test_bad_input_in_process(corpus, reference_run, tmp_path):
     ok, run, new = ["--data", corpus], ["--out-dir", reference_run], ["--out-dir", tmp_path / "new"]
     assert "not found" in _user_error(*new, "--data", tmp_path / "missing")
     assert "--seq-len: must be >= 1" in _user_error(*new, "--seq-len", "0", *ok)
-    assert "val batches of 2 x 32, but" in _user_error(*new, "--val-batches", "100000", *ok)  # never a batch twice
+    assert "val steps of 1 x 2 x 32, but" in _user_error(*new, "--val-batches", "100000", *ok)  # no batch twice
     assert "--micro-batch: must be >= 1" in _user_error(*new, "--micro-batch", "-2", *ok)
     assert "--lr: must be a finite number" in _user_error(*new, "--lr", "nan", *ok)
     assert "--grad-clip: must be a finite number" in _user_error(*new, "--grad-clip", "inf", *ok)

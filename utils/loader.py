@@ -104,6 +104,9 @@ class ShardLoader:
                             f"the longest has {max(map(len, tokens))}")
         self.window_ends = np.cumsum([(len(t) - 1) // (batch_size * seq_len) for t in self.shard_tokens])
         self.n_windows = int(self.window_ends[-1])
+        # steps (of every rank) before an epoch wraps around: what an evaluation may ask for without repeats
+        self.steps_per_epoch = (self.n_windows // world_size if self.order == "windows" else
+                                sum((len(t) - 1) // self.step_tokens for t in self.shard_tokens))
         self._permutation = (-1, None)  # (epoch, its window permutation)
         self.reset()
 

@@ -143,9 +143,9 @@ class Evaluation:
         self.val_batches = batches
         self.val_loader = (ShardLoader(data, split, batch_size, seq_len, shuffle=False, vocab_size=vocab)
                            if batches else None)
-        if batches and batches > self.val_loader.n_windows:  # the loader would wrap and count tokens twice
+        if batches and batches > self.val_loader.steps_per_epoch:  # the loader would wrap: tokens counted twice
             raise UserError(f"{batches} val batches of {batch_size} x {seq_len} tokens asked for, but the "
-                            f"'{split}' split of {data} holds {self.val_loader.n_windows}; ask for fewer")
+                            f"'{split}' split of {data} holds {self.val_loader.steps_per_epoch}; ask for fewer")
         self.eval = {"data": str(data), "split": split, "val_batches": batches, "val_batch_size": batch_size,
                      "seq_len": seq_len, "hellaswag": self.hellaswag_path, "hellaswag_limit": self.limit,
                      "conventions": list(self.conventions), "amp": bool(self.amp),
