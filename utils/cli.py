@@ -89,7 +89,7 @@ def nonneg_int(text: str) -> int:
 
 
 def seed_int(text: str) -> int:
-    """argparse type: a seed every RNG takes (numpy's legacy seeding needs 0 <= seed < 2**32)."""
+    """argparse type: a seed every RNG here takes (numpy's legacy seeding, train_vit's seed * 1000 + epoch)."""
     value = _number(int, text, low=0)
     if value >= 2**32:
         raise argparse.ArgumentTypeError(f"must be < 2**32, got {text!r}")
