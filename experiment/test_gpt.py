@@ -35,7 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_model_source_args(ap)
     ap.add_argument("--data", default=None, help="token shard directory (default: see above)")
     ap.add_argument("--split", default="val", choices=("val", "train"))
-    ap.add_argument("--batches", type=positive_int, default=20, help="micro-batches for the loss")
+    ap.add_argument("--batches", type=positive_int,
+                    help="micro-batches for the loss (default 20, or all the split holds where that is fewer)")
     ap.add_argument("--micro-batch", type=positive_int, default=4)
     ap.add_argument("--seq-len", type=positive_int, default=None,
                     help="default: the model's block size, at most 1024")

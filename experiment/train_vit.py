@@ -184,7 +184,7 @@ def main(argv=None):
         t0, loss_sum, correct = time.time(), 0.0, 0
         # the shuffle depends only on (seed, epoch), so a resumed run sees the same order
         batches = iterate_batches(train_split, hp["batch_size"], model.config.image_size, device,
-                                  shuffle_seed=args.seed * 1000 + epoch)
+                                  shuffle_seed=(args.seed * 1000 + epoch) % 2**64)
         bar = tqdm(batches, total=batches_per_epoch, desc=f"epoch {epoch}/{hp['epochs']}", leave=False)
         for images, labels in bar:
             with autocast(device, amp):

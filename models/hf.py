@@ -36,6 +36,8 @@ def from_pretrained(name_or_dir: str = "gpt2") -> GPT:
     c = hf.config
     missing = sorted(k for k in info["missing_keys"] if not k.endswith(_MASK_BUFFERS) and k != "lm_head.weight")
     mismatched = sorted(str(k) for k in info["mismatched_keys"])
+    if not c.tie_word_embeddings:
+        raise ValueError("an untied LM head (tie_word_embeddings=False): GPT ties it to the token embedding")
     if c.model_type != "gpt2" or missing or mismatched:  # transformers would fill them at random
         raise ValueError(f"not a complete GPT-2 checkpoint (model_type {c.model_type!r}; missing weights "
                          f"{missing[:3]}{'...' if len(missing) > 3 else ''}; mismatched {mismatched[:3]})")

@@ -38,7 +38,8 @@ def add_setup_args(ap) -> None:
     ap.add_argument("--calib-len", type=positive_int, default=None,
                     help="calibration and val window length (default block_size)")
     ap.add_argument("--calib-batch", type=positive_int, default=8, help="sequences per forward while pruning")
-    ap.add_argument("--val-batches", type=nonneg_int, default=20, help="val batches for the loss (0 to skip)")
+    ap.add_argument("--val-batches", type=nonneg_int,
+                    help="val batches for the loss (default 20, or all the split holds where fewer; 0 to skip)")
     ap.add_argument("--val-batch-size", type=positive_int, default=8)
     add_runtime_args(ap, seed=1337)
 
@@ -67,7 +68,7 @@ def check_setup(args) -> None:
     if args.ckpt and not Path(args.ckpt).is_file():
         raise UserError(f"checkpoint not found: {args.ckpt}")
     find_shards(args.data, "train")  # UserError when the directory or its train shards are missing
-    if args.val_batches:
+    if args.val_batches != 0:
         find_shards(args.data, "val")
 
 
@@ -167,7 +168,7 @@ def main(argv=None) -> None:
     print_summary(report)
     if args.out:
         lineage = {k: v for k, v in (("step", setup.header["step"]), ("trained_on", setup.header["trained_on"]),
-                                     ("earlier_pruning", setup.pruned_before)) if v}  # evaluated as its parent
+                                     ("earlier_pruning", setup.pruned_before or None)) if v is not None}
         save_checkpoint(args.out, setup.model, kind="gpt", model_name=setup.header["model"], **lineage,
                         val_loss=report["after"]["val_loss"], pruning=copy.deepcopy(result))
         print(f"pruned checkpoint: {args.out}")

@@ -603,3 +603,9 @@ def test_token_ids_are_checked_against_the_vocabulary(tmp_path):
         assert "x_train_000004.npy" in message and "40000" in message and "\n" not in message
         assert "token id 40" in message  # the offending id, from shard 4 (ids 40000..40128)
     assert sample_windows(data, "train", 64, 8, seed=0, vocab_size=40_129).max() < 40_129
+
+
+def test_lone_surrogates_are_replaced_as_encode_ordinary_does():
+    """Scraped text can hold half an emoji (a lone surrogate after json.loads): tokenized, not a traceback."""
+    text = "a cut emoji \ud83d here"
+    assert tokenizer.tokenize_document(text).tolist() == [EOT] + get_encoding().encode_ordinary(text)

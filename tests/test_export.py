@@ -141,8 +141,10 @@ def test_bad_input_one_line(tmp_path, repo_root):
     assert "not an HF export" in error("--ckpt", ckpt, "--out", foreign, "--force")
     assert (foreign / "notes.txt").read_text() == "keep"
     assert "holds the input" in error("--ckpt", ckpt, "--out", tmp_path, "--force")
-    killed = tmp_path / f".{out.name}.999999999.tmp"  # what an export killed mid-write leaves
+    killed = tmp_path / f".{out.name}.999999999.tmp"  # what an export killed mid-write leaves, an hour ago
     killed.mkdir()
+    os.utime(killed, (os.path.getmtime(out) - 3600,) * 2)
+    (tmp_path / f".{out.name}.{os.getpid()}.tmp").mkdir()  # ours: a killed process that had this PID
     main(["--ckpt", str(ckpt), "--out", str(out), "--force"])  # replacing an export works
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp dirs left
     link = tmp_path / "link"

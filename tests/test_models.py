@@ -596,3 +596,12 @@ def test_from_pretrained_refuses_an_incomplete_or_foreign_checkpoint(tmp_path, o
                          vocab_size=100)).save_pretrained(bert)
     with pytest.raises(ValueError, match="model_type 'bert'"):
         GPT.from_pretrained(str(bert))
+
+
+def test_from_pretrained_refuses_an_untied_head(tmp_path, offline):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=32, vocab_size=100, tie_word_embeddings=False)
+    GPT2LMHeadModel(config).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="untied LM head"):
+        GPT.from_pretrained(str(tmp_path))

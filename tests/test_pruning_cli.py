@@ -255,20 +255,22 @@ def test_pruned_checkpoint_is_evaluated_on_its_parents_data_and_keeps_every_pass
 
     tmp, data, _ = workspace
     parent = tmp / "trained.pt"
-    save_checkpoint(parent, tiny_model(), kind="gpt", model_name="gpt2", step=7, train_config={"data": str(data)})
+    save_checkpoint(parent, tiny_model(), kind="gpt", model_name="gpt2", step=0, train_config={"data": str(data)})
     once, twice = tmp / "once.pt", tmp / "twice.pt"
     code, _, err = run_in_process(capsys, "--ckpt", parent, "--data", data, "--sparsity", "0.3", "--out", once, *FAST)
     assert code == 0, err
     code, _, err = run_in_process(capsys, "--ckpt", once, "--data", data, "--nm", "2:4", "--out", twice, *FAST)
     assert code == 0, err
     ckpt = torch.load(twice, weights_only=True)
-    assert ckpt["trained_on"] == str(data) and ckpt["step"] == 7
+    assert ckpt["trained_on"] == str(data) and ckpt["step"] == 0
     assert [p["sparsity"] for p in ckpt["earlier_pruning"]] == [pytest.approx(0.3)] and ckpt["pruning"]["nm"] == [2, 4]
-    code, _, err = run_cli_in_process(capsys, test_gpt.main, "test_gpt.py", "--ckpt", twice, "--batches", 2,
-                                      "--micro-batch", 2, "--seq-len", 16, "--no-hellaswag", "--device", "cpu",
-                                      "--json", tmp / "eval.json")
+    flags = ("--micro-batch", 8, "--seq-len", 32, "--no-hellaswag", "--device", "cpu", "--json", tmp / "eval.json")
+    code, out, err = run_cli_in_process(capsys, test_gpt.main, "test_gpt.py", "--ckpt", twice, *flags)
     assert code == 0, err
-    assert json.loads((tmp / "eval.json").read_text())["settings"]["eval"]["data"] == str(data)
+    evaluation = json.loads((tmp / "eval.json").read_text())["settings"]["eval"]
+    assert evaluation["data"] == str(data)
+    # no --batches: the default 20, cut to the 15 batches of 8 x 32 the 4,000 val tokens hold (a note says so)
+    assert evaluation["val_batches"] == 15 and "using them all (default 20)" in out + err
 
 
 def test_pruned_output_never_passes_for_a_training_checkpoint(workspace, capsys):

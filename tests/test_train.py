@@ -287,7 +287,7 @@ def test_bad_input_in_process(corpus, reference_run, tmp_path):
     other.mkdir()
     (other / "log.txt").write_text("0 val 1.0\n")
     assert "omit --out-dir" in _user_error("--resume", reference_run / "model_00012.pt", "--out-dir", other)
-    assert "--seed: must be < 2**32" in _user_error(*new, "--seed", str(10**20), *ok)
+    assert "--seed: must be < 2**64" in _user_error(*new, "--seed", str(10**20), *ok)
     assert "device 'meta' is not supported" in _user_error(*new, "--device", "meta", *ok)
     # a damaged resumable checkpoint: one line naming what is wrong, and nothing written
     good = torch.load(reference_run / "model_00012.pt", weights_only=True)

@@ -100,13 +100,20 @@ def test_atomic_write_replaces_whole_and_clears_what_killed_writers_left(tmp_pat
     from utils.io import atomic_write, atomic_write_json
 
     target = tmp_path / "report.json"
+    hour_ago = os.path.getmtime(tmp_path) - 3600
     dead = tmp_path / ".report.json.999999999.tmp"  # a writer killed before its rename (no such PID)
-    dead.write_text("half a rep")
+    huge = tmp_path / ".report.json.99999999999999999999.tmp"  # not a PID at all: left alone, no crash
     live = tmp_path / f".report.json.{os.getppid()}.tmp"  # a writer still running: left alone
-    live.write_text("in progress")
+    fresh = tmp_path / ".report.json.999999998.tmp"  # no such PID here, but written to just now (another host?)
+    for path in (dead, huge, live, fresh):
+        path.write_text("half a rep")
+        if path is not fresh:
+            os.utime(path, (hour_ago, hour_ago))
     atomic_write_json(target, {"a": 1})
     assert json.loads(target.read_text()) == {"a": 1}
-    assert not dead.exists() and live.read_text() == "in progress"
+    assert not dead.exists() and huge.exists() and live.exists() and fresh.exists()
+    for path in (huge, live, fresh):
+        path.unlink()
 
     def full_disk(f):
         f.write(b"partial")
@@ -114,4 +121,4 @@ def test_atomic_write_replaces_whole_and_clears_what_killed_writers_left(tmp_pat
     with pytest.raises(OSError):
         atomic_write(target, full_disk)
     assert json.loads(target.read_text()) == {"a": 1}  # the old file whole, and no temp file of ours
-    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "report.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]

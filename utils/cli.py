@@ -89,10 +89,10 @@ def nonneg_int(text: str) -> int:
 
 
 def seed_int(text: str) -> int:
-    """argparse type: a seed every RNG here takes (numpy's legacy seeding, train_vit's seed * 1000 + epoch)."""
+    """argparse type: a seed torch.manual_seed takes (numpy's legacy seeding gets it modulo 2**32)."""
     value = _number(int, text, low=0)
-    if value >= 2**32:
-        raise argparse.ArgumentTypeError(f"must be < 2**32, got {text!r}")
+    if value >= 2**64:
+        raise argparse.ArgumentTypeError(f"must be < 2**64, got {text!r}")
     return value
 
 

@@ -72,6 +72,7 @@ def export_hf(model, out_dir: str | os.PathLike, readme: str = "") -> Path:
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     old = out.with_name(f".{out.name}.{os.getpid()}.old")
     remove_dead_tmp(out)  # of an export that was killed
+    shutil.rmtree(tmp, ignore_errors=True)  # ours, left by a killed process that had this PID
     try:
         tmp.mkdir(parents=True)
         model.save_hf(str(tmp))

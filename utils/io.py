@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -35,12 +36,17 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
     atomic_write(path, json.dumps(obj, indent=2) + "\n")
 
 
-def remove_dead_tmp(path: str | os.PathLike) -> None:
-    """Remove the temp siblings ``.NAME.PID.tmp`` (files or directories) of ``path`` whose process is gone:
-    what a write killed before its rename left behind."""
+def remove_dead_tmp(path: str | os.PathLike, min_age_s: float = 600) -> None:
+    """Remove the temp siblings ``.NAME.PID.tmp`` (files or directories) of ``path`` that a write killed
+    before its rename left behind: PID is gone here, and nothing has touched the file for ``min_age_s``
+    (a writer on another host sharing the filesystem has a PID this host cannot see)."""
     path = Path(path)
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        if _alive(stale.name.rsplit(".", 2)[-2]):
+        try:
+            recent = time.time() - stale.stat().st_mtime < min_age_s
+        except OSError:
+            continue
+        if recent or _alive(stale.name.rsplit(".", 2)[-2]):
             continue
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
@@ -53,7 +59,7 @@ def _alive(pid: str) -> bool:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
-    except (ValueError, PermissionError):  # not a PID, or another user's process
+    except (ValueError, OverflowError, PermissionError):  # not a PID, or another user's process
         return True
     return True
 

@@ -99,6 +99,8 @@ def default_data(trained_on: str | None) -> str:
     return str(prepare_builtin_corpus(REPO / "data" / "builtin"))
 
 
+DEFAULT_VAL_BATCHES = 20  # test_gpt.py --batches, wanda.py / sweep.py --val-batches
+
 class Evaluation:
     """What test_gpt.py, wanda.py and sweep.py do before evaluating: device, precision, seed, the HellaSwag
     examples the flags ask for (before the model: a bad file fails fast), the model of --ckpt / --hf with its
@@ -107,6 +109,7 @@ class Evaluation:
     progress = True
 
     def __init__(self, args, note=print):
+        self.note = note
         from utils.checkpoint import load_any_gpt, load_gpt
         from utils.cli import pick_device
         from utils.precision import resolve_amp
@@ -131,18 +134,24 @@ class Evaluation:
             self.header = {"model": model, "source": f"hf:{args.hf}", "step": None, "trained_on": None}
             self.pruned_before = []
 
-    def use_val(self, data, split: str, batches: int, batch_size: int, seq_len: int, seq_len_flag: str) -> None:
+    def use_val(self, data, split: str, batches: int | None, batch_size: int, seq_len: int, seq_len_flag: str) -> None:
         """The val loader (none when ``batches`` is 0) and ``self.eval``, everything the numbers of an evaluation
-        block depend on. ``data`` None: ``default_data``."""
+        block depend on. ``data`` None: ``default_data``. ``batches`` None: DEFAULT_VAL_BATCHES, or all the
+        split holds where that is fewer (a note says so); a number given is never cut, nor read twice."""
         from utils.loader import ShardLoader
 
         block_size, vocab = self.model.config.block_size, self.model.config.vocab_size
         if seq_len > block_size:
             raise UserError(f"{seq_len_flag} {seq_len} exceeds the model's block size {block_size}")
         data = data or default_data(self.header["trained_on"])
-        self.val_batches = batches
         self.val_loader = (ShardLoader(data, split, batch_size, seq_len, shuffle=False, vocab_size=vocab)
-                           if batches else None)
+                           if batches != 0 else None)
+        if batches is None:
+            batches = min(DEFAULT_VAL_BATCHES, self.val_loader.steps_per_epoch)
+            if batches < DEFAULT_VAL_BATCHES:
+                self.note(f"note: the '{split}' split of {data} holds {batches} val batches of {batch_size} x "
+                          f"{seq_len} tokens; using them all (default {DEFAULT_VAL_BATCHES})")
+        self.val_batches = batches
         if batches and batches > self.val_loader.steps_per_epoch:  # the loader would wrap: tokens counted twice
             raise UserError(f"{batches} val batches of {batch_size} x {seq_len} tokens asked for, but the "
                             f"'{split}' split of {data} holds {self.val_loader.steps_per_epoch}; ask for fewer")

@@ -67,7 +67,11 @@ def get_encoding() -> tiktoken.Encoding:
 def tokenize_document(text: str) -> np.ndarray:
     """[EOT] + encode_ordinary(text) as uint16 (special-token text is encoded as ordinary text). Through
     tiktoken's buffer, not a Python list: the list would hold the GIL the worker threads share."""
-    ids = get_encoding().encode_to_numpy(text, disallowed_special=())  # = encode_ordinary, as uint32
+    try:
+        ids = get_encoding().encode_to_numpy(text, disallowed_special=())  # = encode_ordinary, as uint32
+    except UnicodeEncodeError:  # lone surrogates (a cut emoji): replaced, as encode_ordinary does
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        ids = get_encoding().encode_to_numpy(text, disallowed_special=())
     tokens = np.empty(len(ids) + 1, dtype=np.uint16)
     tokens[0], tokens[1:] = EOT, ids
     return tokens
