@@ -35,6 +35,7 @@ VERSION = 1
 BLOCK_KEYS = ("params_total", "params_nonzero", "val_loss", "perplexity", "val_tokens", "hellaswag")
 CONVENTIONS = ("seed", "lm-eval")  # utils.hellaswag.HELLASWAG_CONVENTIONS, without importing torch here
 CPU_HELLASWAG_LIMIT = 1000  # the default HellaSwag subset on the CPU (the full 10,042 take ~30 min there)
+DEFAULT_VAL_BATCHES = 20  # test_gpt.py --batches, wanda.py / sweep.py --val-batches
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -98,8 +99,6 @@ def default_data(trained_on: str | None) -> str:
 
     return str(prepare_builtin_corpus(REPO / "data" / "builtin"))
 
-
-DEFAULT_VAL_BATCHES = 20  # test_gpt.py --batches, wanda.py / sweep.py --val-batches
 
 class Evaluation:
     """What test_gpt.py, wanda.py and sweep.py do before evaluating: device, precision, seed, the HellaSwag
