@@ -13,7 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.cli import ArgumentParser, UserError, pick_device, positive_int, run_main
+from utils.cli import ArgumentParser, UserError, add_runtime_args, pick_device, positive_int, run_main
+from utils.precision import resolve_amp
 from utils.vision_data import evaluate, load_image_data, load_vit
 
 PROG = "test_vit.py"
@@ -26,7 +27,7 @@ def parse_args(argv=None):
                    help="synthetic, cifar10 or PATH (default: the data the checkpoint was trained on)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="evaluation batch size (default 64)")
     p.add_argument("--limit", type=positive_int, help="evaluate only the first N test images")
-    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    add_runtime_args(p)  # --device, --amp/--no-amp
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return p.parse_args(argv)
 
@@ -38,9 +39,10 @@ def main(argv=None):
     data = load_image_data(args.data or ckpt.get("data", "synthetic"), *ckpt.get("synthetic_size", ()))
     if data.num_classes != model.config.num_classes:
         raise UserError(f"checkpoint has {model.config.num_classes} classes, {data.name} has {data.num_classes}")
-    result = evaluate(model, data.test.head(args.limit), args.batch_size, device, desc="test")
+    amp = resolve_amp(device, args.amp)
+    result = evaluate(model, data.test.head(args.limit), args.batch_size, device, desc="test", amp=amp)
     report = {"ckpt": str(args.ckpt), "model": ckpt["model_name"], "epoch": ckpt.get("epoch"),
-              "data": data.name, "params": model.num_params(), **result}
+              "data": data.name, "params": model.num_params(), "amp": amp, **result}
     if args.json:
         print(json.dumps(report))
     else:

@@ -30,16 +30,16 @@ from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.cli import (
     ArgumentParser,
     UserError,
+    add_runtime_args,
     check_writable_dir,
     nonneg_float,
     pick_device,
     positive_float,
     positive_int,
     run_main,
-    seed_int,
 )
 from utils.io import atomic_write
-from utils.precision import autocast
+from utils.precision import autocast, resolve_amp
 from utils.rundir import run_checkpoints
 from utils.seed import seed_everything
 from utils.vision_data import evaluate, iterate_batches, load_image_data
@@ -77,8 +77,7 @@ def parse_args(argv=None):
     p.add_argument("--synthetic-size", type=positive_int, nargs=2, default=None, metavar=("TRAIN", "TEST"),
                    help="number of synthetic train / test images (default 2000 500, or the checkpoint's)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--seed", type=seed_int, default=42, help="init and shuffling seed (default 42)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
+    add_runtime_args(p, seed=42)  # --device, --amp/--no-amp, --seed (init and shuffling)
     p.add_argument("--out-dir", default=None, help="run directory (default: logs/vit-<model>)")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
                    help="resume model, optimizer and epoch from PATH, or from the newest checkpoint in --out-dir")
@@ -178,7 +177,7 @@ def main(argv=None):
             print(f"rewound to epoch {ckpt['epoch']}: the later checkpoints and the old log are in {aside}")
         continue_log(resume_path.parent, out_dir, ckpt["epoch"])
     batches_per_epoch = math.ceil(len(train_split) / hp["batch_size"])
-    amp = torch.device(device).type == "cuda"  # bf16 autocast on CUDA only
+    amp = resolve_amp(device, args.amp)
     for epoch in range(start_epoch, hp["epochs"] + 1):
         model.train()
         t0, loss_sum, correct = time.time(), 0.0, 0
@@ -198,7 +197,7 @@ def main(argv=None):
             correct += (logits.argmax(dim=1) == labels).sum().item()
             bar.set_postfix(loss=f"{loss.item():.4f}")
         train_loss, train_acc = loss_sum / len(train_split), correct / len(train_split)
-        test = evaluate(run_model, test_split, hp["batch_size"], device, desc="test")
+        test = evaluate(run_model, test_split, hp["batch_size"], device, desc="test", amp=amp)
         print(f"epoch {epoch:3d} | train loss {train_loss:.4f} acc {train_acc:.4f} | "
               f"test loss {test['loss']:.4f} top-1 {test['top1']:.4f} | {time.time() - t0:.1f}s")
         with open(out_dir / "log.txt", "a") as f:

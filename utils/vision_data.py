@@ -191,14 +191,14 @@ def iterate_batches(split: ImageSplit, batch_size: int, image_size: int, device=
 
 
 @torch.no_grad()
-def evaluate(model, split: ImageSplit, batch_size: int, device="cpu", desc: str = "eval") -> dict:
-    """Top-1 accuracy and mean cross-entropy of ``model`` over ``split``."""
+def evaluate(model, split: ImageSplit, batch_size: int, device="cpu", desc: str = "eval", amp: bool = False) -> dict:
+    """Top-1 accuracy and mean cross-entropy of ``model`` over ``split`` (``amp``: bf16 autocast)."""
     was_training = model.training
     model.eval()
     correct, loss_sum = 0, 0.0
     batches = iterate_batches(split, batch_size, model.config.image_size, device)
     for images, labels in tqdm(batches, total=math.ceil(len(split) / batch_size), desc=desc, leave=False):
-        with autocast(device, torch.device(device).type == "cuda"):  # bf16 on CUDA only
+        with autocast(device, amp):
             logits = model(images).float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         correct += (logits.argmax(dim=1) == labels).sum().item()
