@@ -97,4 +97,3 @@ def export_hf(model, out_dir: str | os.PathLike, readme: str = "") -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-

@@ -108,12 +108,12 @@ class Evaluation:
     progress = True
 
     def __init__(self, args, note=print):
-        self.note = note
         from utils.checkpoint import load_any_gpt, load_gpt
         from utils.cli import pick_device
         from utils.precision import resolve_amp
         from utils.seed import seed_everything
 
+        self.note = note
         self.device = pick_device(args.device)
         self.amp = resolve_amp(self.device, args.amp)
         seed_everything(args.seed)
