@@ -19,19 +19,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from bench.common import bench_parser, interleaved_medians, machine_line, publish
+from evaluation.hellaswag import HELLASWAG_CONVENTIONS, default_hellaswag_path, evaluate_hellaswag, load_hellaswag
 from models import build_model
 from utils.cli import UserError, pick_device, run_main, seed_int
-from utils.hellaswag import HELLASWAG_CONVENTIONS, default_hellaswag_path, evaluate_hellaswag, load_hellaswag
 
 
 def main() -> None:
     ap = bench_parser(__doc__)
-    ap.add_argument("--hellaswag", help="HellaSwag jsonl (default: found as utils.hellaswag does)")
+    ap.add_argument("--hellaswag", help="HellaSwag jsonl (default: found as evaluation.hellaswag does)")
     ap.add_argument("--examples", type=int, default=200, help="examples per run (default: %(default)s)")
     ap.add_argument("--batch-size", type=int, default=16, help="examples per forward, batched scorer")
     ap.add_argument("--repeats", type=int, default=3, help="timed repetitions (default: %(default)s)")
     ap.add_argument("--convention", choices=HELLASWAG_CONVENTIONS, default="seed",
-                    help="HellaSwag convention (utils/hellaswag.py; default: %(default)s)")
+                    help="HellaSwag convention (evaluation/hellaswag.py; default: %(default)s)")
     ap.add_argument("--device", help="cpu / cuda (default: best available)")
     ap.add_argument("--seed", type=seed_int, default=0)
     args = ap.parse_args()

@@ -3,7 +3,7 @@
     python bench/bench_train.py [--batch 4] [--repeats 11] [--no-amp] [--default-malloc] [--no-write]
 
 One step = forward + backward + (fused) AdamW step under bf16 autocast (ours with
-models.kernels.use_cpu_kernels, as the training loop switches them on), at 6 layers, width 384, 6 heads,
+models.gpt_kernels.use_cpu_kernels, as the training loop switches them on), at 6 layers, width 384, 6 heads,
 T 256, vocab 50304, the same batch for every model; cases interleaved (each timed step after an
 untimed one), medians compared. Goals: ours / HF >= 1.1x, NdGPT-2 / GPT-2 >= 1.05x. MFU is measured
 against the bf16 matmul peak timed in the same run (a large square bf16 matmul), with
@@ -27,7 +27,8 @@ import torch
 
 from bench.common import bench_parser, interleaved_medians, machine_line, publish
 from models import build_model
-from models.kernels import use_cpu_kernels
+from models.gpt_kernels import use_cpu_kernels
+from models.params import count_params
 from utils.malloc import keep_freed_memory
 
 CONFIG = dict(n_layer=6, n_embd=384, n_head=6, block_size=256, vocab_size=50304)
@@ -85,8 +86,9 @@ def main() -> None:
         "GPT2LMHeadModel (HF)": hf_gpt2(),
         "NdGPT-2 (ours)": build_model("ndgpt2", **CONFIG),
     }
-    for model in models.values():
-        use_cpu_kernels(model)  # ours only (HF's holds no GPT), as train_gpt.py runs on the CPU without --compile
+    for name, model in models.items():
+        if "ours" in name:  # as train_gpt.py runs on the CPU without --compile
+            use_cpu_kernels(model)
 
     def make_step(name, model):
         # the same (fused) AdamW for every model: the ratio compares the models' fwd+bwd
@@ -116,7 +118,7 @@ def main() -> None:
              "|---|---|---|---|---|---|"]
     for name, model in models.items():
         t = medians[name]
-        n_params = sum(p.numel() for p in model.parameters())
+        n_params = count_params(model, nonzero=False)["total"]
         mfu = flops_per_token(model) * tokens / t / peak
         lines.append(f"| {name} | {n_params:,} | {t * 1000:.1f} | {tokens / t:,.0f} | {base / t:.3f}x | "
                      f"{mfu:.1%} |")

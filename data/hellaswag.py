@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from evaluation.hellaswag import HELLASWAG_VAL_URL, LOCAL_VAL, download_hellaswag, load_hellaswag
 from utils.cli import ArgumentParser, check_writable_dir, run_main
-from utils.hellaswag import HELLASWAG_VAL_URL, LOCAL_VAL, download_hellaswag, load_hellaswag
 
 
 def main(argv=None) -> None:

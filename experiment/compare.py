@@ -30,10 +30,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from evaluation.report import PRUNING_HEADERS, pruning_rows
 from experiment import figures, tables
 from utils.cli import ArgumentParser, UserError, check_writable_dir, positive_int, run_main
 from utils.io import atomic_write, markdown_table, text_table
-from utils.report import PRUNING_HEADERS, pruning_rows
 from utils.runlog import read_log
 
 OUTPUTS = ("loss.png", "val_tokens.png", "hellaswag.png", "sparsity.png", "summary.md")
@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     runs = [read_log(path, label) for path, label in zip(args.logs, labels)]
     reports = tables.load_reports(args.pruning, "pruning")
     evals = tables.load_reports(args.evals, "eval")
+    tables.sparsity_deltas(reports)  # the same run twice is refused now, before anything is written
+    tables.seed_groups(evals, note=lambda _: None)
     tokens = [t or tables.run_setting(p, "total_batch") for t, p in zip(tokens, args.logs)]
     hella_n = [args.hella_n or tables.run_setting(p, "hellaswag_limit") or tables.FULL_HELLASWAG for p in args.logs]
     groups = tables.group_by_label(runs)

@@ -22,6 +22,8 @@ from models.hf import is_gpt2_compatible
 from utils.checkpoint import load_gpt
 from utils.cli import ArgumentParser, run_main
 from utils.hf_export import check_export_dir, export_hf
+from utils.identity import weights_fingerprint
+from utils.io import check_space
 
 PROG = "export_hf.py"
 EPILOG = """\
@@ -30,7 +32,7 @@ HellaSwag with lm-evaluation-harness (pip install "lm-eval[hf]"), offline, on th
       --model_args pretrained=DIR,trust_remote_code=True \\
       --tasks hellaswag_local --include_path experiment/lm_eval_tasks --device cpu --batch_size 16 --limit 500
   (another file: --metadata '{"hellaswag_path": "PATH"}'; drop --limit for all 10,042 examples).
-Its acc / acc_norm equal test_gpt.py's lm-eval-convention numbers (utils/hellaswag.py).
+Its acc / acc_norm equal test_gpt.py's lm-eval-convention numbers (evaluation/hellaswag.py).
 """
 
 
@@ -47,6 +49,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     check_export_dir(args.out, "--out", force=args.force, inputs=(args.ckpt,))
     model, ckpt = load_gpt(args.ckpt)
+    check_space(args.out, sum(p.numel() * p.element_size() for p in model.parameters()), "--out")
     name, step = ckpt.get("model_name"), ckpt.get("step", "?")
     kind = "GPT2LMHeadModel" if is_gpt2_compatible(model.config) else "NdGPT2ForCausalLM (trust_remote_code=True)"
     readme = (f"# {name}, step {step}\n\nExported from `{args.ckpt}` by NdGPT-2's experiment/export_hf.py: "
@@ -54,7 +57,9 @@ def main(argv=None) -> None:
               f"```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
               f"tok = AutoTokenizer.from_pretrained(DIR)\n"
               f"model = AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)\n```\n\n{EPILOG}")
-    out = export_hf(model, args.out, readme=readme)
+    provenance = {**ckpt, "model_name": name, "fingerprint": weights_fingerprint(model.state_dict()),
+                  "trained_on": ckpt.get("trained_on") or (ckpt.get("train_config") or {}).get("data")}
+    out = export_hf(model, args.out, readme=readme, provenance=provenance)
     print(f"{name} step {step} ({kind}) -> {out}")
 
 

@@ -10,8 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from evaluation.report import HELLASWAG_CHANCE
 from experiment.tables import ema, sparsity_deltas
-from utils.report import HELLASWAG_CHANCE
 
 GPT2_124M_VAL = 3.2924  # OpenAI GPT-2 124M checkpoint on the FineWeb-EDU val shard
 GPT2_124M_HELLA = 0.294463

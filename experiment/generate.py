@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from evaluation.sampling import sample_texts
 from utils.checkpoint import load_any_gpt
 from utils.cli import (
     ArgumentParser,
@@ -27,7 +28,6 @@ from utils.cli import (
     positive_int,
     run_main,
 )
-from utils.evaluation import sample_texts
 from utils.precision import resolve_amp
 from utils.seed import seed_everything
 from utils.tokenizer import get_encoding

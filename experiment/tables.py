@@ -9,9 +9,9 @@ from itertools import accumulate
 from operator import itemgetter
 from pathlib import Path
 
+from evaluation.report import at_chance, comparable, hellaswag_cell, read_report, setting_label
 from utils.cli import UserError
 from utils.io import fmt
-from utils.report import at_chance, hellaswag_cell, read_report, setting_label
 from utils.runlog import RunLog
 
 FULL_HELLASWAG = 10_042  # examples in the validation set: what a logged value means when nothing says otherwise
@@ -124,13 +124,13 @@ def load_reports(paths: list[Path], kind: str) -> list[dict]:
     reports = []
     for path in paths:
         if Path(path).is_dir():
-            found = [read_report(p) for p in sorted(Path(path).glob("*.json"))]
+            found = [{**read_report(p), "path": str(p)} for p in sorted(Path(path).glob("*.json"))]
             found = [r for r in found if r["kind"] == kind]
             if not found:
                 raise UserError(f"{path}: no {kind} reports in this directory")
             reports += found
         else:
-            reports.append(read_report(path, kind))
+            reports.append({**read_report(path, kind), "path": str(path)})
     return reports
 
 
@@ -138,12 +138,27 @@ EVAL_HEADERS = ["model", "params", "nonzero", "val loss", "perplexity", "val tok
                 "HellaSwag (lm-eval)", "examples"]
 
 
+def pruned_label(report: dict) -> str:
+    """"" for a dense model, else " pruned: wanda 50%" (every pass, oldest first)."""
+    passes = [f"{p['method']} {setting_label(p)}" for p in report.get("pruning") or []]
+    return f" pruned: {' + '.join(passes)}" if passes else ""
+
+
+def run_identity(report: dict) -> tuple[str, str]:
+    """What makes two reports the same seed: the training run, else the weights; reports written before
+    fingerprints: the checkpoint path (as they were grouped then)."""
+    for key in ("run_id", "fingerprint"):
+        if report.get(key):
+            return key, report[key]
+    return "source", report.get("source")
+
+
 def eval_rows(evals: list[dict]) -> list[list[str]]:
     rows = []
     for e in evals:
         m = e["metrics"]
         n = {h["n"] for h in m["hellaswag"].values()}
-        name = f"{e['model']} step {e['step']}" if e.get("step") is not None else e["model"]
+        name = (f"{e['model']} step {e['step']}" if e.get("step") is not None else e["model"]) + pruned_label(e)
         rows.append([name, f"{m['params_total']:,}", f"{m['params_nonzero']:,}", fmt(m["val_loss"], ".4f"),
                      fmt(m["perplexity"], ".1f"), f"{m['val_tokens']:,}", hellaswag_cell(m, "seed"),
                      hellaswag_cell(m, "lm-eval"), "/".join(map(str, sorted(n))) or "-"])
@@ -154,9 +169,10 @@ def eval_seed_rows(evals: list[dict], reference: str = "gpt2-mlp1536") -> tuple[
     """Per model: the held-out val loss of its evaluations (one per seed) as mean ± std, min, max, and the gap
     of the mean to ``reference``'s with the standard error of a difference of two means."""
     groups: dict[str, list[float]] = {}
-    for e in evals:
-        if e["metrics"]["val_loss"] is not None:
-            groups.setdefault(e["model"], []).append(e["metrics"]["val_loss"])
+    for name, members in seed_groups(evals).items():
+        values = [e["metrics"]["val_loss"] for e in members if e["metrics"]["val_loss"] is not None]
+        if values:
+            groups[name] = values
     ref = groups.get(reference)
 
     def sem2(values):  # squared standard error of the mean (0 with one value: no spread known)
@@ -173,12 +189,44 @@ def eval_seed_rows(evals: list[dict], reference: str = "gpt2-mlp1536") -> tuple[
     return headers, rows
 
 
+def seed_groups(evals: list[dict], note=print) -> dict[str, list[dict]]:
+    """The reports that are seeds of one model: the same model name, pruning passes and eval settings (paths
+    aside), each from another run. Unequal eval settings make separate rows, named by what differs (a note
+    says so); the same run twice in a row is a UserError."""
+    by_model: dict[str, list[dict]] = {}
+    for e in evals:
+        by_model.setdefault(e["model"] + pruned_label(e), []).append(e)
+    groups: dict[str, list[dict]] = {}
+    for name, members in by_model.items():
+        settings = [comparable(e["settings"], only=("eval",)) for e in members]
+        differs = sorted({k for s in settings for k in s if any(s.get(k) != t.get(k) for t in settings)})
+        if differs:
+            note(f"note: {name}: evaluations with different settings ({', '.join(differs)}) are separate rows")
+        for e, s in zip(members, settings):
+            label = name + "".join(f" [{k.removeprefix('eval.')} {s.get(k)}]" for k in differs)
+            groups.setdefault(label, []).append(e)
+    for label, members in groups.items():
+        seen: dict[tuple, str] = {}
+        for e in members:
+            key, where = run_identity(e), e.get("path") or e.get("source")
+            if key in seen:
+                raise UserError(f"{seen[key]} and {where} both measure {label} of the same run ({key[0]} "
+                                f"{key[1]}); each seed counts once")
+            seen[key] = where
+    return groups
+
+
 def sparsity_deltas(reports: list[dict]) -> dict[tuple, list[float]]:
     """(model, method, sparsity, N:M label or None) -> the Δ val loss of each run (report) measured there."""
     deltas: dict[tuple, list[float]] = {}
+    seen: dict[tuple, str] = {}
     for r in reports:
+        p = r["pruning"]
+        key = (r.get("label") or r["model"], p["method"], p["sparsity"], setting_label(p) if p["nm"] else None)
+        where = r.get("path") or r.get("source")
+        if seen.setdefault((key, run_identity(r)), where) != where:
+            raise UserError(f"{seen[(key, run_identity(r))]} and {where} both prune the same run at the same "
+                            "setting; each run counts once")
         if None not in (r["before"]["val_loss"], r["after"]["val_loss"]):
-            p = r["pruning"]
-            key = (r.get("label") or r["model"], p["method"], p["sparsity"], setting_label(p) if p["nm"] else None)
             deltas.setdefault(key, []).append(r["after"]["val_loss"] - r["before"]["val_loss"])
     return deltas

@@ -10,7 +10,7 @@ builtin corpus. HellaSwag: all 10,042 examples on CUDA; on other devices the fir
 --limit says otherwise (--limit 0 = all; ~30 min for a small model on a 2-core CPU). Two conventions
 (--hellaswag-convention): "seed" (no activity label, acc_norm per token: the training-log number) and
 "lm-eval" (label kept, acc_norm per character of the ending, as lm-evaluation-harness computes it).
-The --json report has the schema of utils/report.py: pruning/wanda.py's "before" block for the same
+The --json report has the schema of evaluation/report.py: pruning/wanda.py's "before" block for the same
 checkpoint and settings holds the same numbers. An existing --json file is refused unless --force.
 """
 
@@ -22,9 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from evaluation.evaluator import Evaluation, add_hellaswag_args, add_val_args
+from evaluation.report import describe_block
 from utils.cli import ArgumentParser, add_model_source_args, add_runtime_args, check_output_path, positive_int, run_main
 from utils.io import atomic_write_json
-from utils.report import Evaluation, add_hellaswag_args, describe_block
 
 PROG = "test_gpt.py"
 
@@ -35,9 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_model_source_args(ap)
     ap.add_argument("--data", default=None, help="token shard directory (default: see above)")
     ap.add_argument("--split", default="val", choices=("val", "train"))
-    ap.add_argument("--batches", type=positive_int,
-                    help="micro-batches for the loss (default 20, or all the split holds where that is fewer)")
-    ap.add_argument("--micro-batch", type=positive_int, default=4)
+    add_val_args(ap, micro_batch=4)
     ap.add_argument("--seq-len", type=positive_int, default=None,
                     help="default: the model's block size, at most 1024")
     add_hellaswag_args(ap)
@@ -52,7 +51,7 @@ def main(argv=None) -> None:
     check_output_path(args.json, "--json", force=args.force, inputs=(args.ckpt, args.hellaswag))
     ev = Evaluation(args)
     seq_len = args.seq_len or min(ev.model.config.block_size, 1024)
-    ev.use_val(args.data, args.split, args.batches, args.micro_batch, seq_len, "--seq-len")
+    ev.use_val(args.data, args.split, args.val_batches, args.micro_batch, seq_len, "--seq-len")
     print(f"{ev.header['model']} from {ev.header['source']} on {ev.device} ({'bf16 autocast' if ev.amp else 'fp32'})")
     metrics, seconds = ev.evaluate()
     split = "" if args.split == "val" else " (on the train split)"

@@ -32,15 +32,18 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from evaluation.hellaswag import evaluate_hellaswag, find_examples
+from evaluation.loss import all_reduce_mean, evaluate_loss
+from evaluation.sampling import sample_texts
 from experiment.train_summary import flops_per_token, peak_flops, write_summary
 from models.gpt2 import GPT
-from models.kernels import use_cpu_kernels
+from models.gpt_kernels import use_cpu_kernels
 from utils import rundir
 from utils import train_config as tc
 from utils.checkpoint import save_checkpoint, unwrap
 from utils.cli import ArgumentParser, UserError, check_writable_dir, pick_device, positive_int, run_main, seed_int
-from utils.evaluation import all_reduce_mean, evaluate_loss, sample_texts
-from utils.hellaswag import evaluate_hellaswag, load_hellaswag_if_found
+from utils.identity import data_fingerprint, new_run_id
+from utils.io import check_space
 from utils.loader import ShardLoader, default_order
 from utils.malloc import keep_freed_memory
 from utils.precision import autocast, resolve_amp
@@ -82,7 +85,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     e = ap.add_argument_group("evaluation")
     e.add_argument("--hellaswag", help="HellaSwag jsonl (default: data/hellaswag or ../shared/data)")
     e.add_argument("--hellaswag-limit", type=positive_int, help="first N examples only (smoke default 50)")
-    e.add_argument("--no-hellaswag", action="store_const", const=True)
+    on_off = e.add_mutually_exclusive_group()
+    on_off.add_argument("--no-hellaswag", dest="no_hellaswag", action="store_const", const=True,
+                        help="skip HellaSwag (smoke default: on where a file is found)")
+    on_off.add_argument("--with-hellaswag", dest="no_hellaswag", action="store_const", const=False,
+                        help="evaluate HellaSwag (e.g. on a resumed run that had --no-hellaswag)")
     e.add_argument("--prompt", help='sample prompt (default "Hello, I\'m a language model,")')
     r = ap.add_argument_group("runtime")
     r.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: best available)")
@@ -166,6 +173,8 @@ def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
     if not Path(cfg.data).is_dir():
         raise UserError(f"data directory not found: {cfg.data}")
     cfg = replace(cfg, order=cfg.order or default_order(cfg.data))
+    data_id = data_fingerprint(cfg.data)  # checkpoints name their data by content (checked on resume)
+    run_id = (ckpt or {}).get("run_id") or new_run_id()  # a new run (--overwrite included) gets a new id
     loader_args = dict(rank=rank, world_size=world, seed=cfg.seed, vocab_size=model_config.vocab_size)
     train_loader = ShardLoader(cfg.data, "train", cfg.micro_batch, cfg.seq_len, order=cfg.order, **loader_args)
     val_loader = ShardLoader(cfg.data, "val", cfg.micro_batch, cfg.seq_len, shuffle=False, **loader_args)
@@ -174,7 +183,8 @@ def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
         raise UserError(f"--val-tokens {cfg.val_tokens:,} asks for {val_steps} val steps of {world} x "
                         f"{cfg.micro_batch} x {cfg.seq_len}, but {cfg.data} holds {val_loader.steps_per_epoch}; "
                         "ask for fewer")
-    hellaswag = None if cfg.no_hellaswag else load_hellaswag_if_found(cfg.hellaswag, cfg.hellaswag_limit, note=say)
+    hellaswag = None if cfg.no_hellaswag else find_examples(cfg.hellaswag, cfg.hellaswag_limit, device, note=say,
+                                                            conventions=("seed",))[0]
 
     # ---- model, optimizer, state
     seed_everything(cfg.seed)
@@ -196,7 +206,11 @@ def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
                             f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})") from e
         start_step = ckpt["step"]
         del ckpt
-    run_info = {"model": cfg.model, "preset": cfg.preset, "config": model_config.to_dict(), "train_config": asdict(cfg)}
+    if master:  # a full checkpoint (weights + AdamW's two moments) must fit before hours of training
+        weights = sum(p.numel() * p.element_size() for p in raw_model.parameters())
+        check_space(rundir.checkpoint_path(out, cfg.max_steps), 3 * weights, "the checkpoint")
+    run_info = {"model": cfg.model, "preset": cfg.preset, "run_id": run_id, "config": model_config.to_dict(),
+                "train_config": asdict(cfg)}
     lock = rundir.claim(out, run_info, resume_from, start_step, args.overwrite, say) if master else None
     if resume_from is not None:
         say(f"resumed from {resume_from} at step {start_step}")
@@ -211,7 +225,7 @@ def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
             model, device_ids=[int(device.split(":")[1])] if device_type == "cuda" else None)
     if device_type == "cpu" and not compile_model:  # eager CPU only: under torch.compile the plain loss is traced
         use_cpu_kernels(raw_model)  # after DDP, which would expect a sparse gradient from a sparse embedding
-    n_params = sum(p.numel() for p in raw_model.parameters())
+    n_params = raw_model.num_params()
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in raw_model.state_dict().values()}
     model_mb = sum(storages.values()) / 2**20  # the tied head shares the embedding's storage
     say(f"{cfg.model} ({cfg.preset}): {n_params:,} params | {world} process(es) on {device} | batch "
@@ -223,6 +237,7 @@ def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
 
     kill_after = int(os.environ.get(KILL_AFTER_STEP_ENV, "-1"))
     train_time, wall_start = 0.0, time.time()
+    step_seconds = []  # this session's steps: the summary times the first one (compilation) apart
     bar = tqdm(total=cfg.max_steps, initial=min(start_step, cfg.max_steps), desc="train", unit="step",
                disable=not master, dynamic_ncols=True)
     for step in range(start_step, cfg.max_steps + 1):
@@ -232,7 +247,8 @@ def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
                                 world, out, say)
             if master:  # a checkpoint with everything --resume needs, then the policy for the older ones
                 save_checkpoint(rundir.checkpoint_path(out, step), raw_model, kind="gpt", model_name=cfg.model,
-                                optimizer=optimizer.state_dict(), step=step, val_loss=val_loss,
+                                optimizer=optimizer.state_dict(), step=step, val_loss=val_loss, run_id=run_id,
+                                data_id=data_id,
                                 data_state=train_loader.state_dict(), rng=get_rng_state(), train_config=asdict(cfg),
                                 train_time=time_before["train"] + train_time,
                                 wall_time=time_before["wall"] + time.time() - wall_start)
@@ -267,6 +283,7 @@ def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
             torch.cuda.synchronize()
         dt = time.time() - t0
         train_time += dt
+        step_seconds.append(dt)
         if master:
             append_lines(out / "log.txt", [format_event(step, "train", train_loss)])
         say(f"step {step:5d} | loss {train_loss:.6f} | lr {lr:.4e} | norm {norm:.4f} | "
@@ -280,7 +297,7 @@ def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
         table = write_summary(
             out, model=cfg.model, preset=cfg.preset, params=n_params, tokens_per_step=cfg.total_batch,
             hellaswag_n=len(hellaswag) if hellaswag is not None else None,
-            tokens_per_sec=(cfg.max_steps - start_step) * cfg.total_batch / train_time if train_time > 0 else None,
+            step_seconds=step_seconds,
             train_time=time_before["train"] + train_time, wall_time=time_before["wall"] + time.time() - wall_start,
             final_checkpoint=rundir.checkpoint_path(out, cfg.max_steps).name,
             flops_per_token=flops_per_token(n_params, model_config.n_layer, model_config.n_embd, cfg.seq_len),

@@ -72,27 +72,41 @@ def summary_table(stats: dict) -> str:
     else:
         lines.append("hellaswag: not evaluated")
     tokens = stats["tokens_seen"]
+    first = stats.get("first_step_s")
     lines.append(f"tokens seen {tokens:,} ({tokens / GPT2_TRAIN_TOKENS:.2%} of one 10B-token epoch), "
-                 f"{fmt(stats['tokens_per_sec'], ',.0f')} tokens/s, wall time {stats['wall_time_s'] / 60:.1f} min, "
-                 f"final checkpoint {stats['final_checkpoint']}")
+                 f"{fmt(stats['tokens_per_sec'], ',.0f')} tokens/s"
+                 f"{'' if first is None else f' (the first step timed apart: {first:.1f} s, with any compilation)'}, "
+                 f"wall time {stats['wall_time_s'] / 60:.1f} min, final checkpoint {stats['final_checkpoint']}")
     if stats.get("mfu") is not None:
         lines.append(f"MFU {stats['mfu']:.1%} of the bf16 peak ({stats['flops_per_token']:,} FLOPs per token)")
     return "\n".join(lines)
 
 
+def steady_throughput(step_seconds: list[float], tokens_per_step: int) -> tuple[float | None, float | None]:
+    """(tokens/s, seconds of the first step) of one session's training steps. The first step is timed apart:
+    it pays for torch.compile's compilation (under compile, minutes on a GPU) and the first allocations, so
+    tokens/s counts the steps after it; a session of one step has only that one to count."""
+    if not step_seconds:
+        return None, None
+    steady = step_seconds[1:] or step_seconds
+    return len(steady) * tokens_per_step / max(sum(steady), 1e-9), step_seconds[0]
+
+
 def write_summary(out: Path, *, model: str, preset: str, params: int, tokens_per_step: int,
-                  hellaswag_n: int | None, tokens_per_sec: float | None, train_time: float, wall_time: float,
+                  hellaswag_n: int | None, step_seconds: list[float], train_time: float, wall_time: float,
                   final_checkpoint: str, flops_per_token: int | None = None, peak: float | None = None) -> str:
-    """Read the run's log (its current lineage), write summary.json and return the table."""
+    """Read the run's log (its current lineage), write summary.json and return the table. ``step_seconds``:
+    the time of every training step of this session (none: a resumed run that was already finished)."""
     log = read_log(out / "log.txt")
     val = final_and_best(log.series["val"], best=min)
     hella = final_and_best(log.series["hella"], best=max)
     tokens_seen = (val["final_step"] or 0) * tokens_per_step
+    tokens_per_sec, first_step = steady_throughput(step_seconds, tokens_per_step)
     stats = {"model": model, "preset": preset, "params": params, "val_loss": val, "hellaswag": hella,
              "hellaswag_n": hellaswag_n, "tokens_seen": tokens_seen,
              "tokens_per_sec": tokens_per_sec if tokens_per_sec is not None else tokens_seen / max(train_time, 1e-9),
-             "train_time_s": train_time, "wall_time_s": wall_time, "final_checkpoint": final_checkpoint,
-             "flops_per_token": flops_per_token}
+             "first_step_s": first_step, "train_time_s": train_time, "wall_time_s": wall_time,
+             "final_checkpoint": final_checkpoint, "flops_per_token": flops_per_token}
     stats["mfu"] = (stats["tokens_per_sec"] * flops_per_token / peak) if flops_per_token and peak else None
     table = summary_table(stats)
     atomic_write_json(out / "summary.json", {**stats, "table": table.splitlines()})

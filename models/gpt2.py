@@ -19,14 +19,16 @@ learned two-branch function g(z) = w GELU(a z + c) + w' GELU(a' z + c'), at 96,1
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.kernels import branch_mlp, is_branch_pair
 from models.ndlinear import NdLinear
+from models.ndlinear_kernels import branch_mlp, is_branch_pair
+from models.params import count_params
 
 
 @dataclass
@@ -114,7 +116,7 @@ class MLP(nn.Module):
 class NdMLP(nn.Module):
     """The NdGPT-2 feed-forward: NdLinear(nd_in -> nd_hidden), GELU, NdLinear(nd_hidden -> nd_in).
 
-    NdGPT-2's (C, 1) -> (2C, 2) shape runs as one fused kernel (models/kernels.py branch_mlp), except
+    NdGPT-2's (C, 1) -> (2C, 2) shape runs as one fused kernel (models/ndlinear_kernels.py branch_mlp), except
     under models.ndlinear.literal_path, which runs the literal maths below through the factor modules.
     """
 
@@ -187,8 +189,8 @@ class GPT(nn.Module):
                 nn.init.zeros_(factor.bias)
 
     def num_params(self) -> int:
-        """Parameters with the tied head counted once."""
-        return sum(p.numel() for p in self.parameters())
+        """Parameters with the tied head counted once (models.params.count_params's total)."""
+        return count_params(self, nonzero=False)["total"]
 
     def embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Token + position embeddings of idx (B, T) at positions start..start+T-1: the first block's input."""
@@ -213,7 +215,7 @@ class GPT(nn.Module):
         return logits, loss
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy in fp32 over the targets that are not -1 (models.kernels.use_cpu_kernels
+        """Mean cross-entropy in fp32 over the targets that are not -1 (models.gpt_kernels.use_cpu_kernels
         swaps in a faster CPU version)."""
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
 
@@ -229,8 +231,10 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = 50,
-                 generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
+                 generator: torch.Generator | None = None, use_cache: bool = True,
+                 on_token: Callable[[], None] | None = None) -> torch.Tensor:
         """Sample ``max_new_tokens`` tokens after ``idx`` (B, T): top-k, then multinomial (top_k=1: argmax).
+        ``on_token`` is called after every step (a progress bar).
 
         With ``use_cache`` the prompt runs once and every later step only the new token, reading the
         keys and values of the earlier ones from a per-layer KVCache. Once the sequence outgrows
@@ -259,6 +263,8 @@ class GPT(nn.Module):
                     logits = logits.masked_fill(logits < kth, float("-inf"))
                 next_id = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
             idx = torch.cat([idx, next_id], dim=1)
+            if on_token is not None:
+                on_token()
         return idx
 
     @classmethod

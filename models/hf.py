@@ -5,12 +5,14 @@ Two kinds of directory, both written by ``save_hf`` and read back by ``from_pret
 * dense-MLP models: a standard ``GPT2LMHeadModel`` (config.json + model.safetensors);
 * NdLinear-MLP models (NdGPT-2 and its variants; also bias=False): model_type "ndgpt2", loaded with
   ``trust_remote_code=True``. The directory holds ``modeling_ndgpt2.py`` and the modules of this
-  package it imports (gpt2.py, ndlinear.py, ...), copied at export time with ``from models.X`` imports
-  rewritten to ``from .X``: the exported code is this repository's code, not a second copy.
+  package it imports at module level (gpt2.py, ndlinear.py, ...), copied at export time with
+  ``from models.X`` imports rewritten to ``from .X``: the exported code is this repository's code, not
+  a second copy (see remote_code_files).
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -111,26 +113,58 @@ def _load_ndgpt2(directory: Path) -> GPT:
 
 
 def remote_code_files() -> dict[str, str]:
-    """{file name: source} of modeling_ndgpt2.py and every module of this package it imports,
-    transitively, with ``from models.X import`` / ``from models import X`` made relative."""
+    """{file name: source} of modeling_ndgpt2.py and the modules of this package it imports at module
+    level, transitively, with ``from models.X import`` / ``from models import X`` made relative.
+
+    Imports inside functions are not followed: what the model needs is imported at module level. Such an
+    import of a module left out (GPT.from_pretrained/save_hf's ``models.hf``) becomes ``raise ImportError``
+    in the copy, since transformers loads every module a remote-code file names, inside functions too.
+    """
     package = Path(__file__).resolve().parent
-    files, todo = {}, ["modeling_ndgpt2"]
+    sources, todo = {}, ["modeling_ndgpt2"]
     while todo:
         name = todo.pop()
-        if f"{name}.py" in files:
+        if name not in sources:
+            sources[name] = (package / f"{name}.py").read_text(encoding="utf-8")
+            todo += [m for node in ast.parse(sources[name]).body for m in _package_imports(node, name)]
+    return {f"{name}.py": _made_relative(source, name, set(sources)) for name, source in sources.items()}
+
+
+def _package_imports(node: ast.AST, where: str) -> list[str]:
+    """The modules of this package that the statement ``node`` of models/``where``.py imports."""
+    if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "models" for a in node.names):
+        raise RuntimeError(f"models/{where}.py: write 'from models.X import Y' for the HF export")
+    if not isinstance(node, ast.ImportFrom):
+        return []
+    if (node.level, node.module) in ((0, "models"), (1, None)):
+        modules = [a.name for a in node.names]  # from models import X / from . import X
+    elif (node.level == 0 and node.module.startswith("models.")) or node.level == 1:
+        modules = [node.module.removeprefix("models.").split(".")[0]]
+    else:
+        return []
+    package = Path(__file__).resolve().parent
+    for module in modules:
+        if not (package / f"{module}.py").is_file():
+            raise RuntimeError(f"models/{where}.py imports {module!r}, which is not a module file")
+    return modules
+
+
+def _made_relative(source: str, name: str, shipped: set[str]) -> str:
+    """``source`` (of models/``name``.py) with its imports of ``shipped`` modules made relative and any
+    other import of this package (one inside a function) replaced by ``raise ImportError``."""
+    lines = source.splitlines(keepends=True)
+    for node in ast.walk(ast.parse(source)):
+        modules = _package_imports(node, name)
+        if not modules:
             continue
-        source = (package / f"{name}.py").read_text(encoding="utf-8")
-        source = re.sub(r"^(\s*)from models\b\.?", r"\1from .", source, flags=re.M)  # models.X -> .X
-        if re.search(r"^\s*import models\b", source, flags=re.M):
-            raise RuntimeError(f"models/{name}.py: write 'from models.X import Y' for the HF export")
-        todo += re.findall(r"^\s*from \.(\w+) import", source, flags=re.M)
-        for names in re.findall(r"^\s*from \. import ([\w, ]+)$", source, flags=re.M):
-            todo.extend(n.strip() for n in names.split(","))
-        for module in todo:
-            if not (package / f"{module}.py").is_file():
-                raise RuntimeError(f"models/{name}.py imports {module!r}, which is not a module file")
-        files[f"{name}.py"] = source
-    return files
+        first = node.lineno - 1
+        if set(modules) <= shipped:
+            lines[first] = re.sub(r"^(\s*)from models\b\.?", r"\1from .", lines[first])
+        else:
+            message = f"{', '.join(f'models/{m}.py' for m in modules)} is not in this export (see the NdGPT-2 repo)"
+            lines[first:node.end_lineno] = [f"{lines[first][:node.col_offset]}raise ImportError({message!r})\n",
+                                            *[""] * (node.end_lineno - node.lineno)]
+    return "".join(lines)
 
 
 def _swap_conv1d(sd: dict) -> dict:

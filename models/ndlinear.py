@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import kernels
+from models.ndlinear_kernels import SmallFactor
 
 # A mode whose factor has at most this many weights is applied by multiply-adds, not by a GEMM.
 _SMALL_FACTOR = 16
@@ -128,7 +128,7 @@ def _apply_mode(x: torch.Tensor, weight: torch.Tensor, mode: int, dims: list[int
     small = weight.numel() <= _SMALL_FACTOR
     if after == 1 and small:  # innermost, e.g. 1 -> 2: multiply-adds instead of a K=1 GEMM, bias fused
         b = None if bias is None else bias.reshape(rows, out_dim)
-        return kernels.SmallFactor.apply(x.reshape(n, rows, in_dim), weight, b).view(new_shape)
+        return SmallFactor.apply(x.reshape(n, rows, in_dim), weight, b).view(new_shape)
     if after == 1:  # innermost: one GEMM over every row, no copy
         fused = bias is not None and bias.numel() == out_dim
         out = F.linear(x.reshape(n * rows, in_dim), weight, bias.reshape(out_dim) if fused else None)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.params import count_params
+
 
 @dataclass
 class ViTConfig:
@@ -137,7 +139,8 @@ class ViT(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        """models.params.count_params's total."""
+        return count_params(self, nonzero=False)["total"]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         c = self.config

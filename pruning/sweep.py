@@ -25,12 +25,14 @@ if __name__ == "__main__":
 
 from tqdm import tqdm
 
-from pruning.cli import Setup, add_setup_args, check_setup
+from evaluation.evaluator import add_hellaswag_args
+from evaluation.report import PRUNING_HEADERS, check_same, pruning_rows, read_report
+from pruning.common import Setup, add_setup_args, check_setup
 from pruning.masks import check_pruning_args, parse_nm
-from pruning.wanda import PRUNERS
+from pruning.methods import PRUNERS
+from utils import rundir
 from utils.cli import ArgumentParser, UserError, check_writable_dir, finite_float, run_main
 from utils.io import atomic_write, atomic_write_json, markdown_table, text_table
-from utils.report import PRUNING_HEADERS, add_hellaswag_args, pruning_rows, read_report
 
 PROG = "sweep.py"
 SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
@@ -83,6 +85,7 @@ def main(argv=None) -> None:
     out = Path(args.out_dir)
     setup = Setup(args, note=tqdm.write)
     setup.progress = False
+    lock = rundir.lock(out, "sweep")  # two sweeps into one directory would mix two models' reports
     for method, sparsity, nm in settings:
         setup.check_prunable(method, sparsity, nm)
     header = setup.header
@@ -101,11 +104,10 @@ def main(argv=None) -> None:
         path = out / f"{method}-{tag(sparsity, nm)}.json"
         if path.exists():
             report = read_report(path, "pruning")
-            wanted = {**header, "settings": setup.settings(method, sparsity, nm)}
-            differs = [k for k in wanted if report.get(k) != wanted[k]]
-            if differs:
-                raise UserError(f"{path} holds a run with other settings ({', '.join(differs)}); "
-                                f"use another --out-dir")
+            try:
+                check_same(report, header["fingerprint"], setup.settings(method, sparsity, nm), path)
+            except UserError as e:
+                raise UserError(f"{e}; use another --out-dir") from e
             reused += 1
         else:
             setup.model.load_state_dict(dense_weights)
@@ -117,6 +119,7 @@ def main(argv=None) -> None:
     atomic_write(out / "sweep.md", f"# Sparsity sweep: {header['model']} ({header['source']})\n\n"
                                    f"{markdown_table(PRUNING_HEADERS, rows, n_left=3)}\n")
     print(f"\n{len(reports)} settings ({reused} reused) in {out}; table: {out / 'sweep.md'}")
+    lock.close()
 
 
 if __name__ == "__main__":

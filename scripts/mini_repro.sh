@@ -2,13 +2,18 @@
 # The CPU study behind the README's results: gpt2, ndgpt2 and the equal-parameter dense control
 # gpt2-mlp1536, three seeds each, on shuffled windows of 58 Project Gutenberg books, fp32.
 #
-#   bash scripts/mini_repro.sh [all|data|runs|figures]      (default: all)
+#   bash scripts/mini_repro.sh [all|data|runs|figures|horizon|width]      (default: all)
 #
 # all     = data, then per seed and model: train -> final eval (-> sparsity sweep for seeds 1 and 2), then
 #           figures and the README's study tables.
 # Every stage continues where it stopped: a finished run, eval or sweep is skipped, a cut-off run resumes
 # from its newest checkpoint, a sweep reuses its finished reports. Checkpoints are not committed, so a run
 # whose eval/sweep is missing and whose checkpoint is gone (a new checkout) is trained again.
+# horizon = issue 23's longer runs: ndgpt2 and gpt2-mlp1536 at the same size for one full epoch of the train
+#           split (879 steps, 7.2M tokens, no window repeated), val every 20 steps -> logs/horizon/
+# width   = the same pair at 6 layers x 384 wide, today's 160 steps (1.31M tokens) -> logs/width/
+#           Both: seeds 1 2 (SEEDS), one thread per run (THREADS=1: two runs share the 2 cores), the final
+#           eval as above; every stage resumes.
 # Env: SEEDS="1 2 3", ONLY="gpt2 ndgpt2 gpt2-mlp1536" to run a subset, SWEEP_SEEDS="1 2" the seeds that are
 # swept; DRY=1 prints the commands.
 set -euo pipefail
@@ -17,6 +22,7 @@ SHARED=${NDGPT2_SHARED_DATA:-../shared/data}
 DATA=data/prose
 OUT=logs/mini
 read -r -a MODELS <<< "${ONLY:-gpt2 ndgpt2 gpt2-mlp1536}"
+read -r -a LONG_SEEDS <<< "${SEEDS:-1 2}"  # horizon and width
 read -r -a SEEDS <<< "${SEEDS:-1 2 3}"
 SWEEP_SEEDS=" ${SWEEP_SEEDS:-1 2} "
 # 4 layers x 192 wide, T 256; 160 steps of 8,192 tokens = 1.31M tokens per run (18% of one epoch);
@@ -25,8 +31,8 @@ SIZE=(--n-layer 4 --n-head 4 --n-embd 192 --block-size 256 --seq-len 256)
 TRAIN=(--preset smoke --data "$DATA" --order windows --micro-batch 8 --total-batch 8192 --max-steps 160
        --warmup-steps 16 --lr 1e-3 --min-lr 1e-4 --eval-every 10 --val-tokens 32768 --no-hellaswag
        --keep-checkpoints 2 --full-checkpoints 1 --no-amp)
-FINAL_VAL=(--batches 256 --micro-batch 8 --seq-len 256)  # 524,288 held-out tokens
-SWEEP_VAL=(--val-batches 32 --val-batch-size 8 --calib-samples 128 --calib-len 256)  # 65,536 val tokens
+FINAL_VAL=(--val-batches 256 --micro-batch 8 --seq-len 256)  # 524,288 held-out tokens
+SWEEP_VAL=(--val-batches 32 --micro-batch 8 --calib-samples 128 --calib-len 256)  # 65,536 val tokens
 stage=${1:-all}
 
 run() { echo "+ $*"; [[ -n ${DRY:-} ]] || "$@"; }
@@ -54,7 +60,7 @@ complete() {  # model seed: trained, evaluated and (if swept) swept; then its ch
 evaluate() {  # model seed: final val loss on >= 500k held-out tokens, HellaSwag (seed convention) at 1,000
   local report=$OUT/eval/$1-s$2.json
   run python experiment/test_gpt.py --ckpt "$(final_ckpt "$1" "$2")" --data "$DATA" "${FINAL_VAL[@]}" --no-amp \
-    --limit 1000 --hellaswag-convention seed --seed 0 --json "$report"
+    --hellaswag-limit 1000 --hellaswag-convention seed --seed 0 --json "$report"
 }
 
 sweep() {  # model seed: Wanda and both magnitude baselines at 10..70% and 2:4, 4:8 (finished reports are reused)
@@ -81,7 +87,24 @@ figures() {
   run python scripts/study_readme.py --study "$OUT"  # the README's study tables
 }
 
+long_run() {  # study model seed: issue 23's horizon (4 x 192, 879 steps) or width (6 x 384, 160 steps) runs
+  local size=(--n-layer 4 --n-head 4 --n-embd 192) steps=879 every=20
+  [[ $1 == width ]] && size=(--n-layer 6 --n-head 6 --n-embd 384) steps=160 every=10
+  local dir=logs/$1/runs/$2-s$3 resume=()
+  local final=$dir/model_$(printf %05d $steps).pt report=logs/$1/eval/$2-s$3.json
+  if [[ ! -f $dir/summary.json ]]; then
+    if compgen -G "$dir/model_*.pt" > /dev/null; then resume=(--resume); elif [[ -e $dir ]]; then resume=(--overwrite); fi
+    run python experiment/train_gpt.py --model "$2" --seed "$3" --out-dir "$dir" "${size[@]}" --block-size 256 \
+      --seq-len 256 "${TRAIN[@]}" --max-steps $steps --eval-every $every --threads "${THREADS:-1}" "${resume[@]}"
+  fi
+  mkdir -p "logs/$1/eval"
+  [[ -f $report ]] || OMP_NUM_THREADS=${THREADS:-1} run python experiment/test_gpt.py --ckpt "$final" \
+    --data "$DATA" "${FINAL_VAL[@]}" --no-amp --hellaswag-limit 1000 --hellaswag-convention seed --seed 0 --json "$report"
+}
+
 case $stage in
+  horizon | width)
+    for s in "${LONG_SEEDS[@]}"; do for m in ndgpt2 gpt2-mlp1536; do long_run "$stage" "$m" "$s"; done; done ;;
   data) data ;;
   runs | all)
     [[ $stage == all ]] && data
@@ -96,6 +119,6 @@ case $stage in
     done
     [[ $stage == all ]] && figures ;;
   figures) figures ;;
-  -h | --help) sed -n '2,13p' "$0" | cut -c3- ;;
-  *) echo "usage: $0 [all|data|runs|figures]" >&2; exit 2 ;;
+  -h | --help) sed -n '2,18p' "$0" | cut -c3- ;;
+  *) echo "usage: $0 [all|data|runs|figures|horizon|width]" >&2; exit 2 ;;
 esac

@@ -1,9 +1,11 @@
 """Write the CPU study's tables into README.md, between ``<!-- study:begin -->`` and ``<!-- study:end -->``,
-from the committed reports in logs/mini (called by ``bash scripts/mini_repro.sh figures``).
+from the committed reports in logs/mini, and the gap trend over budgets and widths (logs/mini, logs/horizon,
+logs/width) between ``<!-- trend:begin -->`` and ``<!-- trend:end -->``, with its figure
+logs/mini/plots/gap_trend.png (called by ``bash scripts/mini_repro.sh figures``).
 
     python scripts/study_readme.py [--study logs/mini] [--readme README.md] [--check]
 
---check exits 1 (and writes nothing) when README.md's block differs from what the reports give.
+--check exits 1 (and writes nothing) when README.md's blocks differ from what the reports give.
 """
 
 from __future__ import annotations
@@ -17,15 +19,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from evaluation.report import at_chance  # noqa: E402
 from experiment.tables import eval_seed_rows, load_reports, sparsity_deltas  # noqa: E402
+from experiment.trend import TREND_HEADERS, plot_trend, trend_rows  # noqa: E402
 from utils.cli import ArgumentParser, UserError, run_main  # noqa: E402
 from utils.io import atomic_write, markdown_table  # noqa: E402
-from utils.report import at_chance  # noqa: E402
 
 MODELS = ("gpt2", "ndgpt2", "gpt2-mlp1536")
 METHODS = ("wanda", "magnitude-layer", "magnitude-row")
 SETTINGS = ("50%", "60%", "70%", "2:4", "4:8")
 BEGIN, END = "<!-- study:begin -->", "<!-- study:end -->"
+TREND_BEGIN, TREND_END = "<!-- trend:begin -->", "<!-- trend:end -->"
+TREND_FIGURE = "plots/gap_trend.png"  # in --study
 
 
 def mean_cell(values: list[float], spec: str) -> str:
@@ -128,6 +133,33 @@ def study_block(study: Path) -> str:
     return "\n".join(out)
 
 
+def trend_studies(study: Path) -> list[tuple[str, Path]]:
+    root = study.parent
+    return [("today's study", study), ("one epoch", root / "horizon"), ("wider", root / "width")]
+
+
+def trend_block(study: Path) -> str:
+    studies = trend_studies(study)
+    rows = trend_rows(studies)
+    done = {row[0] for row in rows}
+    pending = [f"`{path}`" for label, path in studies if label not in done]
+    out = ["Paired val-loss gap of ndgpt2 to gpt2-mlp1536 at the end of each study (524,288 held-out tokens; "
+           "seed k of both models saw the same windows in the same order):", "",
+           markdown_table(TREND_HEADERS, rows, n_left=2), ""]
+    if pending:
+        out += [f"Not finished yet: {', '.join(pending)} (`bash scripts/mini_repro.sh horizon`, `... width`).", ""]
+    if rows:
+        out += [f"![gap against tokens]({study / TREND_FIGURE})", "", ""]
+    return "\n".join(out)
+
+
+def fill(text: str, begin: str, end: str, block: str, readme: Path) -> str:
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise UserError(f"{readme}: needs one {begin} ... {end} block")
+    head, rest = text.split(begin)
+    return f"{head}{begin}\n{block}{end}{rest.split(end, 1)[1]}"
+
+
 def main(argv=None) -> None:
     ap = ArgumentParser(prog="study_readme.py", description=__doc__.split("\n\n")[0],
                         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -139,15 +171,14 @@ def main(argv=None) -> None:
         text = args.readme.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read {args.readme}: {getattr(e, 'strerror', None) or e}") from e
-    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        raise UserError(f"{args.readme}: needs one {BEGIN} ... {END} block")
-    head, rest = text.split(BEGIN)
-    new = f"{head}{BEGIN}\n{study_block(args.study)}{END}{rest.split(END, 1)[1]}"
+    new = fill(text, BEGIN, END, study_block(args.study), args.readme)
+    new = fill(new, TREND_BEGIN, TREND_END, trend_block(args.study), args.readme)
     if args.check:
         if new != text:
             print(f"{args.readme}: the study block is out of date; run python scripts/study_readme.py")
             sys.exit(1)
         return
+    plot_trend(trend_studies(args.study), args.study / TREND_FIGURE)
     if new != text:
         atomic_write(args.readme, new)
     print(f"{args.readme}: study block {'updated' if new != text else 'up to date'}")

@@ -18,11 +18,11 @@ import matplotlib.image as mpimg
 import pytest
 from matplotlib.axes import Axes
 
+from evaluation.report import read_report
 from experiment import compare
 from experiment.figures import DPI, FIGSIZE
 from experiment.tables import default_labels, ema, summarize
 from utils.cli import UserError
-from utils.report import read_report
 from utils.runlog import parse_log, read_log
 
 SCRIPT = "experiment/compare.py"
@@ -350,6 +350,7 @@ def test_compare_rejects_bad_reports_before_writing(tmp_path, real_reports):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_cli_errors_exit_2_with_one_line(tmp_path, repo_root):
     good = write_log(tmp_path / "good.txt", synthetic_events(n_train=30))
     empty = tmp_path / "empty.txt"
@@ -380,7 +381,8 @@ def test_eval_seed_rows_mean_std_and_gap_with_its_standard_error():
     from experiment.tables import eval_seed_rows
 
     def report(model, loss):
-        return {"model": model, "metrics": {"val_loss": loss}}
+        return {"model": model, "metrics": {"val_loss": loss}, "run_id": f"{model}-{loss}",
+                "settings": {"eval": {"val_batches": 4}}}
 
     evals = [report("a", 6.0), report("a", 6.2), report("gpt2-mlp1536", 5.9), report("gpt2-mlp1536", 6.1)]
     headers, rows = eval_seed_rows(evals)
@@ -397,7 +399,7 @@ def test_sparsity_deltas_average_the_runs_of_a_model():
 
     def report(model, method, sparsity, nm, before, after):
         return {"model": model, "pruning": {"method": method, "sparsity": sparsity, "nm": nm},
-                "before": {"val_loss": before}, "after": {"val_loss": after}}
+                "before": {"val_loss": before}, "after": {"val_loss": after}, "fingerprint": f"{model}-{before}"}
 
     reports = [report("gpt2", "wanda", 0.5, None, 6.0, 6.1), report("gpt2", "wanda", 0.5, None, 5.0, 5.3),
                report("gpt2", "wanda", 0.5, [2, 4], 6.0, 6.4), report("ndgpt2", "wanda", 0.5, None, 7.0, 7.5),

@@ -1,4 +1,4 @@
-"""experiment/test_gpt.py and utils/report.py: the report schema, pruned weights, HellaSwag in both
+"""experiment/test_gpt.py and evaluation/report.py: the report schema, pruned weights, HellaSwag in both
 conventions against independent computations, the CPU subset default, bad input -> one line, exit 2."""
 
 from __future__ import annotations
@@ -13,11 +13,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from evaluation.evaluator import load_hellaswag_examples
+from evaluation.hellaswag import (
+    CPU_HELLASWAG_LIMIT,
+    HELLASWAG_CONVENTIONS,
+    evaluate_hellaswag,
+    find_examples,
+    load_hellaswag,
+)
+from evaluation.report import CONVENTIONS, read_report
 from models import build_model
 from tests.conftest import run_cli
 from utils.checkpoint import load_gpt, save_checkpoint
-from utils.hellaswag import HELLASWAG_CONVENTIONS, evaluate_hellaswag, load_hellaswag
-from utils.report import CONVENTIONS, CPU_HELLASWAG_LIMIT, hellaswag_limit, load_hellaswag_examples, read_report
 from utils.tokenizer import get_encoding
 
 
@@ -92,21 +99,23 @@ def test_test_gpt_hellaswag_both_conventions_match_independent_counts(corpus, sh
 
 
 def test_hellaswag_subset_default_by_device(shared_data):
+    """One locator, one limit rule: None = the device's default (all on CUDA, 1,000 elsewhere), 0 = all."""
     assert CONVENTIONS == HELLASWAG_CONVENTIONS
-    assert hellaswag_limit(None, "cpu") == CPU_HELLASWAG_LIMIT == 1000 and hellaswag_limit(None, "mps") == 1000
-    assert hellaswag_limit(None, "cuda") is None and hellaswag_limit(None, "cuda:1") is None
-    assert hellaswag_limit(0, "cpu") is None and hellaswag_limit(7, "cuda") == 7
+    path = shared_data / "hellaswag" / "hellaswag_val_llamacpp_derived.jsonl"
     lines = []
-    args = argparse.Namespace(no_hellaswag=False, limit=None, hellaswag_convention="both",
-                              hellaswag=str(shared_data / "hellaswag" / "hellaswag_val_llamacpp_derived.jsonl"))
-    examples, path, limit = load_hellaswag_examples(args, "cpu", note=lines.append)
-    assert len(examples) == limit == 1000 and path.endswith(".jsonl")
-    assert "the first 1,000 examples" in lines[0] and "--limit 0 for all" in lines[0]
-    args.limit = 0
-    examples, _, limit = load_hellaswag_examples(args, "cpu", note=lines.append)
-    assert limit is None and len(examples) == 10042 and "HellaSwag: all examples" in lines[1]
+    for device, limit, n in (("cpu", None, CPU_HELLASWAG_LIMIT), ("mps", None, 1000), ("cuda", None, 10042),
+                             ("cuda:1", None, 10042), ("cpu", 0, 10042), ("cuda", 7, 7)):
+        examples, found, resolved = find_examples(path, limit, device, note=lines.append)
+        assert len(examples) == n and resolved == (None if n == 10042 else n) and found.endswith(".jsonl")
+    assert "the first 1,000 examples" in lines[0] and "--hellaswag-limit 0 for all" in lines[0]
+    assert "HellaSwag: all examples" in lines[2]
+    args = argparse.Namespace(no_hellaswag=False, limit=0, hellaswag_convention="both", hellaswag=str(path))
+    assert len(load_hellaswag_examples(args, "cpu", note=lines.append)[0]) == 10042
+    args.no_hellaswag = True
+    assert load_hellaswag_examples(args, "cpu") == (None, None, None)
 
 
+@pytest.mark.slow
 def test_cli_bad_checkpoint_exit_2(repo_root, tmp_path):
     script = "test_gpt.py"
     corrupt = tmp_path / "bad.pt"
@@ -126,7 +135,7 @@ def test_test_gpt_bad_input_in_process(nd_ckpt, tmp_path, capsys):
     corrupt = tmp_path / "corrupt.pt"  # outputs are checked before the checkpoint is read
     corrupt.write_bytes(b"not a checkpoint")
     cases = [(["--ckpt", foreign], "not a checkpoint"),
-             (["--ckpt", nd_ckpt, "--batches", "-1"], "--batches: must be >= 1"),
+             (["--ckpt", nd_ckpt, "--batches", "-1"], "--batches: must be >= 0"),
              (["--ckpt", nd_ckpt, "--limit", "nan"], "--limit: expected an integer"),
              (["--ckpt", nd_ckpt, "--seq-len", "0"], "--seq-len: must be >= 1"),
              (["--ckpt", nd_ckpt, "--seq-len", "65", "--no-hellaswag"], "block size"),

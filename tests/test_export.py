@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from models import build_model
+from models.hf import remote_code_files
 from tests.conftest import TINY
 from utils.checkpoint import load_any_gpt, save_checkpoint
 from utils.cli import UserError
@@ -88,10 +89,22 @@ def test_export_loads_with_transformers_and_back(tmp_path, name, overrides):
         torch.testing.assert_close(back(idx)[0], ours, rtol=0, atol=0)
 
 
+def test_export_ships_the_modules_the_model_imports():
+    """remote_code_files follows module-level imports only: modeling_ndgpt2.py and what it needs, not hf.py
+    (the export code), whose imports inside GPT.from_pretrained / GPT.save_hf become raise ImportError."""
+    files = remote_code_files()
+    assert sorted(files) == ["gpt2.py", "modeling_ndgpt2.py", "ndlinear.py", "ndlinear_kernels.py", "params.py"]
+    for name, source in files.items():
+        assert "from models" not in source and "import models" not in source, name
+    assert files["gpt2.py"].count("raise ImportError('models/hf.py is not in this export") == 2
+
+
+@pytest.mark.slow
 def test_remote_code_is_self_contained(tmp_path):
-    """The exported .py files import nothing of this repository, and a fresh interpreter outside it
-    (no repo on sys.path) loads the directory and reproduces our logits."""
+    """The exported .py files are those of remote_code_files and import nothing of this repository, and a
+    fresh interpreter outside it (no repo on sys.path) loads the directory and reproduces our logits."""
     model, _, out = export(tmp_path, "ndgpt2")
+    assert sorted(path.name for path in out.glob("*.py")) == sorted(remote_code_files())
     allowed = set(sys.stdlib_module_names) | {"torch", "transformers", "safetensors"}
     for path in out.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -114,6 +127,7 @@ def test_remote_code_is_self_contained(tmp_path):
         torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), model(idx)[0], rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bad_input_one_line(tmp_path, repo_root):
     from experiment.export_hf import main
 
@@ -168,13 +182,14 @@ def test_bad_input_one_line(tmp_path, repo_root):
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("export_hf.py: error: ")
 
 
+@pytest.mark.slow
 def test_lm_eval_hellaswag_equals_ours(tmp_path, shared_data, repo_root, monkeypatch):
     """lm-eval's own HFLM + our local task on ~20 examples, dense and NdGPT-2, with a block size of 48
     so that some rows are truncated: per-example acc and acc_norm equal our "lm-eval" convention."""
     lm_eval = pytest.importorskip("lm_eval")
     from lm_eval.tasks import TaskManager
 
-    from utils.hellaswag import evaluate_hellaswag, load_hellaswag, predictions, score_examples
+    from evaluation.hellaswag import evaluate_hellaswag, load_hellaswag, predictions, score_examples
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

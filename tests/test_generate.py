@@ -1,4 +1,4 @@
-"""experiment/generate.py and utils.evaluation.sample_texts on checkpoints of any model (dense, NdGPT-2,
+"""experiment/generate.py and evaluation.sampling.sample_texts on checkpoints of any model (dense, NdGPT-2,
 pruned) and on exported HF directories; special tokens in prompts, memory-bounded batches, the KV
 cache switch; bad input -> one line, exit 2."""
 
@@ -10,10 +10,10 @@ import sys
 import pytest
 import torch
 
+from evaluation.sampling import encode_prompt, sample_bytes, sample_texts
 from models import GPTConfig, build_model
 from tests.conftest import TINY
 from utils.cli import UserError
-from utils.evaluation import encode_prompt, sample_bytes, sample_texts
 from utils.tokenizer import get_encoding
 
 
@@ -96,6 +96,7 @@ def test_bad_input_exit_2(nd_ckpt, tmp_path, capsys):
     assert "cannot load Hugging Face" in error("--hf", tmp_path / "no_such_dir")
 
 
+@pytest.mark.slow
 def test_cli_bad_checkpoint_exit_2(repo_root, tmp_path):
     corrupt = tmp_path / "bad.pt"
     corrupt.write_bytes(b"not a checkpoint")

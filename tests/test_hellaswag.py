@@ -15,9 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import build_model
-from utils.cli import UserError
-from utils.hellaswag import (
+from evaluation.hellaswag import (
     HELLASWAG_CONVENTIONS,
     default_hellaswag_path,
     download_hellaswag,
@@ -26,6 +24,8 @@ from utils.hellaswag import (
     predictions,
     score_examples,
 )
+from models import build_model
+from utils.cli import UserError
 from utils.tokenizer import get_encoding
 
 N = 40  # real examples for the count comparisons
@@ -240,8 +240,33 @@ def test_truncation_keeps_last_block_size_plus_one_tokens(examples):
         torch.testing.assert_close(ref_sums[i], bf_sums, rtol=1e-5, atol=1e-4)
 
 
+def chosen_endings(model, endings: list[str], convention: str, tmp_path) -> tuple[list[int], list[int]]:
+    """The endings that evaluate_hellaswag's acc and acc_norm choose for one example: the labels it scores
+    as right."""
+    chosen = {"acc": [], "acc_norm": []}
+    for label in range(4):
+        path = tmp_path / f"label{label}.jsonl"
+        path.write_text(json.dumps({"ctx": "Pets: the animal in the garden is a", "endings": endings,
+                                    "label": label}) + "\n")
+        result = evaluate_hellaswag(model, path, convention=convention, amp=False, progress=False)
+        for metric, labels in chosen.items():
+            labels += [label] if result[metric] == 1 else []
+    return chosen["acc"], chosen["acc_norm"]
+
+
+@pytest.mark.parametrize("convention", HELLASWAG_CONVENTIONS)
+def test_exact_ties_go_to_the_first_ending(convention, tmp_path):
+    """With every logit 0, each ending token costs exactly log(vocab): acc ties the one-token endings 1 and 2,
+    acc_norm ties 0 and 3 (seed: all four, per token; lm-eval: the 7-character ones, per character).
+    lm-eval's argmax takes the first ending of a tie, and so must both conventions here."""
+    model = tiny_gpt()
+    with torch.no_grad():
+        model.transformer.wte.weight.zero_()  # and the tied LM head: every logit is 0
+    assert chosen_endings(model, ["dog cat", "dog", "cat", "sun cat"], convention, tmp_path) == ([1], [0])
+
+
 def test_amp_follows_the_precision_rule(model, examples, reference, monkeypatch):
-    import utils.hellaswag as hs
+    import evaluation.hellaswag as hs
     import utils.precision as precision
 
     seen = []
@@ -358,6 +383,7 @@ def test_download_write_failure_leaves_no_temp_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_cli(repo_root, tmp_path, capsys):
     from data.hellaswag import main
 

@@ -14,7 +14,7 @@ from torch import nn
 import models
 from models import GPT, MODEL_NAMES, build_model, model_config
 from models.gpt2 import KVCache
-from models.kernels import cross_entropy, use_cpu_kernels
+from models.gpt_kernels import cross_entropy, use_cpu_kernels
 from models.ndlinear import NdLinear, literal_path
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=512)
@@ -190,7 +190,7 @@ def mlp_forward_backward(forward, params, x, upstream):
 @pytest.mark.parametrize("gelu", ["tanh", "none"])
 @pytest.mark.parametrize("name", ["ndgpt2", "ndgpt2-84m", "ndgpt2-82m"])
 def test_ndgpt2_mlp_equals_package_layers_with_gradients(name, gelu):
-    """ndgpt2 / ndgpt2-84m take the branch-major fast path (models.kernels.branch_mlp), ndgpt2-82m
+    """ndgpt2 / ndgpt2-84m take the branch-major fast path (models.ndlinear_kernels.branch_mlp), ndgpt2-82m
     the generic one: values and every gradient equal the package's layers in float64."""
     torch.manual_seed(0)
     model = perturb_(build_model(name, **TINY, gelu=gelu), scale=0.3).double()
@@ -250,6 +250,7 @@ def test_literal_path_runs_each_factor_module_of_the_ndgpt2_mlp():
     assert not any(m.literal for m in model.modules() if isinstance(m, NdLinear))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["gpt2", "ndgpt2"])
 def test_compiled_training_on_cpu_equals_eager(name):
     """torch.compile on the CPU (gpt2 once crashed on its first compiled step: the logits crossed the
@@ -435,6 +436,12 @@ def test_tied_embedding_gradient_is_dense_and_exact(amp):
         torch.testing.assert_close(grad, grads[1][name], atol=1e-6 if not amp else 1e-3, rtol=1e-3, msg=name)
 
 
+def test_cpu_kernels_take_the_gpt_itself():
+    """use_cpu_kernels switches the GPT it is given; a module around one (DDP, torch.compile) is refused."""
+    with pytest.raises(TypeError, match="use_cpu_kernels takes a GPT"):
+        use_cpu_kernels(torch.nn.Sequential(build_model("gpt2", **TINY)))
+
+
 @pytest.mark.parametrize("kernels", [False, True])
 def test_loss_ignores_minus_one_targets(kernels):
     torch.manual_seed(0)
@@ -451,7 +458,7 @@ def test_loss_ignores_minus_one_targets(kernels):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cpu_cross_entropy_matches_torch_with_gradients(dtype):
-    """models.kernels.cross_entropy (row chunks, gradient made in the forward) against F.cross_entropy
+    """models.gpt_kernels.cross_entropy (row chunks, gradient made in the forward) against F.cross_entropy
     in fp32: 45 rows of a 50304 vocabulary are 3 chunks, the last one partial."""
     gen = torch.Generator().manual_seed(0)
     logits = (3 * torch.randn(45, 50304, generator=gen)).to(dtype)

@@ -35,6 +35,7 @@ def test_policy_keeps_newest_and_strips_older_to_the_model(tmp_path):
     assert rundir.newest_resumable(tmp_path)[0].name == "model_00016.pt"
 
 
+@pytest.mark.slow
 def test_lock_is_exclusive_across_processes(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from utils import rundir; "
                                f"f = rundir.lock({str(tmp_path)!r}); print('locked', flush=True); time.sleep(60)"],
@@ -49,6 +50,7 @@ def test_lock_is_exclusive_across_processes(tmp_path):
     rundir.lock(tmp_path).close()  # released with its process
 
 
+@pytest.mark.slow
 def test_second_writer_fails_at_once_naming_the_pid(repo_root, corpus, tmp_path):
     """Two real training processes into one run directory: the second (new run or resume) stops at once."""
     out = tmp_path / "run"
@@ -71,6 +73,7 @@ def test_second_writer_fails_at_once_naming_the_pid(repo_root, corpus, tmp_path)
         first.wait()
 
 
+@pytest.mark.slow
 def test_rewind_then_plain_resume_follows_the_new_lineage(repo_root, corpus, tmp_path):
     out = tmp_path / "run"
     assert train(repo_root, out, data=corpus).returncode == 0  # checkpoints 0, 4, 8, 12; summary at 12
@@ -90,6 +93,7 @@ def test_rewind_then_plain_resume_follows_the_new_lineage(repo_root, corpus, tmp
     assert load_checkpoint(out / "model_00011.pt")["step"] == 11
 
 
+@pytest.mark.slow
 def test_keep_checkpoints_then_overwrite(repo_root, corpus, tmp_path):
     out = tmp_path / "run"
     kept = train(repo_root, out, "--max-steps", "8", "--eval-every", "2", "--keep-checkpoints", "2",

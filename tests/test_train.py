@@ -6,6 +6,7 @@ Run-directory ownership (lock, lineage, checkpoint policy) is in tests/test_rund
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -57,6 +58,24 @@ def test_lr_schedule():
     assert lrs[100] == lrs[119] == 0.1
 
 
+def build_nanogpt_get_lr(it, max_lr, min_lr, warmup_steps, max_steps):
+    """build-nanogpt's get_lr (train_gpt2.py), written out: the schedule cosine_lr must keep."""
+    if it < warmup_steps:
+        return max_lr * (it + 1) / warmup_steps
+    if it > max_steps:
+        return min_lr
+    decay_ratio = (it - warmup_steps) / (max_steps - warmup_steps)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * decay_ratio)) * (max_lr - min_lr)
+
+
+@pytest.mark.parametrize("step", [0, 7, 10, 13, 25, 40, 61, 75, 90, 99, 100, 119])
+def test_lr_schedule_is_build_nanogpts_cosine(step):
+    """Warmup, the interior of the decay (where a linear decay differs by up to ~0.1 of max_lr here) and
+    the tail, against build-nanogpt's formula."""
+    args = (1.0, 0.1, 10, 100)  # max_lr, min_lr, warmup_steps, max_steps
+    assert cosine_lr(step, *args) == pytest.approx(build_nanogpt_get_lr(step, *args), rel=1e-12)
+
+
 def test_gpt2_124m_batch_arithmetic_for_1_2_8_processes():
     """524,288 tokens per step and 10,485,760 val tokens per evaluation, whatever the number of GPUs."""
     cfg = TRAIN_PRESETS["gpt2-124m"]
@@ -102,6 +121,7 @@ def test_truncate_log_keeps_the_evaluations_of_the_checkpoint_step(tmp_path):
     assert log.read_text() == "0 val 10.0\n0 train 9.0\n1 train 8.0\n2 val 7.0\n2 hella 0.25\n"
 
 
+@pytest.mark.slow
 def test_loss_falls_and_outputs(reference_run):
     val = series(reference_run, "val")
     assert sorted(series(reference_run, "train")) == list(range(12))
@@ -123,6 +143,7 @@ def test_loss_falls_and_outputs(reference_run):
     assert summary["tokens_seen"] == 12 * 2 * 2 * 32 and summary["final_checkpoint"] == "model_00012.pt"
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(repo_root, corpus, reference_run, tmp_path):
     out = tmp_path / "run"
     killed = train(repo_root, out, data=corpus, env={"NDGPT2_KILL_AFTER_STEP": "10"})
@@ -145,6 +166,7 @@ def test_resume_after_sigkill_is_bit_identical(repo_root, corpus, reference_run,
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one(repo_root, corpus, shared_data, tmp_path):
     """2 gloo processes x 1 micro-step == 1 process x 2 accumulation steps: train losses, val loss (the
     same val tokens), and HellaSwag (each rank scores half the examples, the counts are all-reduced)."""
@@ -165,6 +187,7 @@ def test_ddp_two_processes_match_one(repo_root, corpus, shared_data, tmp_path):
     assert json.loads((tmp_path / "ddp" / "summary.json").read_text())["hellaswag_n"] == 7
 
 
+@pytest.mark.slow
 def test_ndgpt2_trains_and_resumes_without_model_flag(repo_root, corpus, tmp_path):
     out = tmp_path / "nd"
     first = train(repo_root, out, "--model", "ndgpt2", "--max-steps", "6", data=corpus)
@@ -184,6 +207,7 @@ def test_ndgpt2_trains_and_resumes_without_model_flag(repo_root, corpus, tmp_pat
     assert series(out, "hella") == {}  # --no-hellaswag came with the checkpoint (a copy would be found)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["gpt2", "ndgpt2-82m"])
 def test_compiled_cpu_run_and_resume(repo_root, corpus, tmp_path, model):
     """torch.compile (inductor) on the CPU trains and resumes (the plain loss is traced): a dense model, and
@@ -197,6 +221,7 @@ def test_compiled_cpu_run_and_resume(repo_root, corpus, tmp_path, model):
     assert sorted(series(out, "train")) == [0, 1, 2] and (out / "model_00003.pt").is_file()
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_with_generate_and_test_gpt(repo_root, corpus, reference_run, tmp_path):
     ckpt = reference_run / "model_00012.pt"
     gen = subprocess.run([sys.executable, "experiment/generate.py", "--ckpt", str(ckpt), "--num-samples", "2",
@@ -215,6 +240,7 @@ def test_checkpoint_round_trip_with_generate_and_test_gpt(repo_root, corpus, ref
     assert result["metrics"]["val_loss"] == pytest.approx(series(reference_run, "val")[12], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_without_checkpoint(repo_root, corpus, tmp_path):
     out = tmp_path / "nan"
     result = train(repo_root, out, "--lr", "1e30", "--min-lr", "0", "--warmup-steps", "0",
@@ -231,6 +257,7 @@ def _error(result) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_exit_2(repo_root, corpus, reference_run, tmp_path):
     """Through the CLI: exit code 2 and one line on stderr; the out-dir of another run is left alone."""
     log_before = (reference_run / "log.txt").read_text()
@@ -255,6 +282,7 @@ def _user_error(*argv) -> str:
     return str(info.value)
 
 
+@pytest.mark.slow
 def test_bad_input_in_process(corpus, reference_run, tmp_path):
     log_before = (reference_run / "log.txt").read_text()
     ok, run, new = ["--data", corpus], ["--out-dir", reference_run], ["--out-dir", tmp_path / "new"]
@@ -305,6 +333,7 @@ def test_bad_input_in_process(corpus, reference_run, tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.slow
 def test_help_lists_every_flag(repo_root):
     result = subprocess.run([sys.executable, SCRIPT, "--help"], cwd=repo_root, capture_output=True, text=True)
     assert result.returncode == 0

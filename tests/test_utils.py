@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from models import build_model
+from utils.cli import UserError
 from utils.params import count_params
 from utils.seed import get_rng_state, seed_everything, set_rng_state
 
@@ -82,6 +83,7 @@ def _training_like_steps(tune: bool) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings: a no-op off Linux")
 def test_keep_freed_memory_stops_per_step_page_faults():
     pages = (64 << 20) // 4096
@@ -118,7 +120,7 @@ def test_atomic_write_replaces_whole_and_clears_what_killed_writers_left(tmp_pat
     def full_disk(f):
         f.write(b"partial")
         raise OSError(28, "No space left on device")
-    with pytest.raises(OSError):
-        atomic_write(target, full_disk)
+    with pytest.raises(UserError, match=r"cannot write .*report.json: No space left on device \(.* MB free"):
+        atomic_write(target, full_disk)  # one line for the user, naming the path and the free space
     assert json.loads(target.read_text()) == {"a": 1}  # the old file whole, and no temp file of ours
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]

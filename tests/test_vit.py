@@ -183,6 +183,7 @@ SMALL_RUN = ["--synthetic-size", "128", "48", "--width", "16", "--depth", "1", "
              "--batch-size", "64", "--device", "cpu"]
 
 
+@pytest.mark.slow
 def test_train_then_test_and_resume(repo_root, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     r = run(repo_root, "train_vit.py", "--model", "ndvit", "--epochs", "2", "--out-dir", str(full),
@@ -231,6 +232,7 @@ def test_train_then_test_and_resume(repo_root, tmp_path):
     assert epochs(part / "log.txt") == [1] * 4 + [2] * 4
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(repo_root, tmp_path):
     gpt_ckpt = tmp_path / "gpt.pt"
     gpt = build_model("gpt2", n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=64)

@@ -4,7 +4,8 @@ A checkpoint is a dict saved with ``torch.save``::
 
     {"format": "ndgpt2-checkpoint", "version": 1,
      "kind": "gpt" | "vit", "model_name": str, "config": dict,   # enough to rebuild the model
-     "model": state_dict, "step": int, ...anything else (train_config, val_loss, pruning report)
+     "model": state_dict, "fingerprint": str (utils/identity.py), "step": int,
+     ...anything else (run_id, data_id, train_config, val_loss, pruning report and its parent)
      ...and, in a resumable training checkpoint, RESUME_KEYS (optimizer, data position, RNG)}
 
 Loading never needs the flags a model was trained with, and works on CPU for a GPU-saved file.
@@ -12,12 +13,14 @@ Loading never needs the flags a model was trained with, and works on CPU for a G
 
 from __future__ import annotations
 
+import types
 import typing
 from pathlib import Path
 
 import torch
 
 from utils.cli import UserError
+from utils.identity import weights_fingerprint
 from utils.io import atomic_write
 
 FORMAT = "ndgpt2-checkpoint"
@@ -34,10 +37,11 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def save_checkpoint(path, model, *, kind: str, model_name: str, **extra) -> None:
-    """Save ``model`` (unwrapped) with its config and any extra fields, atomically."""
+    """Save ``model`` (unwrapped) with its config, its weights' fingerprint and any extra fields, atomically."""
     model = unwrap(model)
+    state = model.state_dict()
     ckpt = {"format": FORMAT, "version": VERSION, "kind": kind, "model_name": model_name,
-            "config": model.config.to_dict(), "model": model.state_dict(), **extra}
+            "config": model.config.to_dict(), "model": state, "fingerprint": weights_fingerprint(state), **extra}
     atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
@@ -78,30 +82,45 @@ def strip_to_model(path) -> None:
         atomic_write(path, lambda f: torch.save(model_only, f))
 
 
-def _type_ok(value, hint) -> bool:
-    if typing.get_origin(hint) is tuple:  # tuple[int, ...] (a list once it went through JSON)
-        return isinstance(value, (tuple, list)) and all(type(v) is int for v in value)
+def config_from_dict(cls, values: dict, where, what: str, *, defaults: bool = False):
+    """``cls(**values)`` for a config dataclass read from a file (``what`` names it in errors), every field
+    checked against its annotation: exact types, an int for a float, a list for a tuple (JSON has none).
+    ``defaults``: a missing field takes its default (else it is an error). Any problem is a one-line UserError."""
+    hints = typing.get_type_hints(cls)  # every field, in order
+    unknown = [key for key in values if key not in hints]
+    if unknown:
+        raise UserError(f"{where}: unknown {what} field(s) {unknown} (written by a newer version? "
+                        f"valid: {', '.join(hints)})")
+    missing = [] if defaults else [key for key in hints if key not in values]
+    if missing:
+        raise UserError(f"{where}: {what} field(s) missing: {', '.join(missing)}")
+    bad = [f"{key}={value!r} (should be {_type_name(hints[key])})" for key, value in values.items()
+           if not _fits(value, hints[key])]
+    if bad:
+        raise UserError(f"{where}: malformed {what} field(s) {', '.join(bad)}")
+    try:
+        return cls(**values)
+    except ValueError as e:
+        raise UserError(f"{where}: {e}") from e
+
+
+def _fits(value, hint) -> bool:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # int | None
+        return any(_fits(value, option) for option in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:  # tuple[int, ...]
+        return isinstance(value, (tuple, list)) and all(_fits(v, typing.get_args(hint)[0]) for v in value)
     return type(value) is hint or (hint is float and type(value) is int)
+
+
+def _type_name(hint) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint)
 
 
 def gpt_config_from_dict(config: dict, where):
     """GPTConfig from a checkpoint's config dict, validated field by field (one-line errors)."""
     from models import GPTConfig
 
-    hints = typing.get_type_hints(GPTConfig)  # every field, in order
-    for key in config:
-        if key not in hints:
-            raise UserError(f"{where}: unknown model config key {key!r} (valid: {', '.join(hints)})")
-    for key in hints:
-        if key not in config:
-            raise UserError(f"{where}: model config key {key!r} is missing")
-        if not _type_ok(config[key], hints[key]):
-            raise UserError(f"{where}: model config key {key!r} should be {hints[key]}, "
-                            f"got {config[key]!r}")
-    try:
-        return GPTConfig(**config)
-    except ValueError as e:
-        raise UserError(f"{where}: {e}") from e
+    return config_from_dict(GPTConfig, config, where, "model config")
 
 
 def load_gpt(path, device: str = "cpu"):

@@ -159,4 +159,7 @@ class ArgumentParser(argparse.ArgumentParser):
                                                    re.IGNORECASE)
 
     def error(self, message):
+        if message.endswith("expected one argument"):  # e.g. --ckpt -lead.pt: the value looks like an option
+            flag = message.split()[1].rstrip(":").split("/")[-1]
+            message += f" (a value that starts with '-' is written {flag}=VALUE)"
         raise UserError(message)

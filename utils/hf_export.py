@@ -10,13 +10,16 @@ vocabulary is padded to 50304; ids 50257..50303 have no text and the tokenizer n
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from utils.cli import UserError, check_writable_dir
-from utils.io import remove_dead_tmp
+from utils.io import alive, remove_dead_tmp, space_note
 from utils.tokenizer import EOT, bpe_files
 
 EOT_TEXT = "<|endoftext|>"
@@ -50,6 +53,8 @@ def check_export_dir(out: str | os.PathLike, flag: str = "--out", *, force: bool
     without ``force`` (or, with it, one that is not an HF export: replacing it would delete its files),
     an input inside it, or a parent that cannot be written."""
     out = Path(out)
+    if out.parent.is_dir():
+        restore_killed_swap(out.resolve())
     if out.exists() and not out.is_dir():
         raise UserError(f"{flag} {out} is a file; give a directory path")
     if out.resolve() in (Path.cwd(), *Path.cwd().parents):
@@ -65,9 +70,44 @@ def check_export_dir(out: str | os.PathLike, flag: str = "--out", *, force: bool
     check_writable_dir(out.parent, flag, out)
 
 
-def export_hf(model, out_dir: str | os.PathLike, readme: str = "") -> Path:
-    """Write ``model``'s HF directory (weights, config, code for NdLinear models, tokenizer, README.md)
-    into a temp sibling of ``out_dir``, then swap it in: a failure leaves any old ``out_dir`` whole."""
+PROVENANCE = "ndgpt2_provenance"  # config.json key: what the export holds (see write_provenance)
+PROVENANCE_KEYS = ("model_name", "step", "fingerprint", "run_id", "parent", "trained_on", "data_id",
+                   "pruning", "earlier_pruning")
+
+
+def read_provenance(name_or_dir: str) -> dict:
+    """What export_hf.py recorded in a local export's config.json (model name, step, fingerprint, run,
+    parent, pruning passes); {} for a hub name or a directory from elsewhere."""
+    try:
+        config = json.loads((Path(name_or_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    found = config.get(PROVENANCE) if isinstance(config, dict) else None
+    return {k: v for k, v in found.items() if k in PROVENANCE_KEYS} if isinstance(found, dict) else {}
+
+
+def write_provenance(out_dir: Path, provenance: dict) -> None:
+    path = Path(out_dir) / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config[PROVENANCE] = {k: provenance[k] for k in PROVENANCE_KEYS if provenance.get(k) is not None}
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def restore_killed_swap(out: Path) -> None:
+    """An export killed between its two renames left ``.NAME.PID.old`` (the previous export) and no NAME:
+    put it back, so the next export sees what was there. Where NAME exists, the leftover is removed."""
+    for old in out.parent.glob(f".{glob.escape(out.name)}.*.old"):
+        pid = old.name.rsplit(".", 2)[-2]
+        if pid == str(os.getpid()) or not alive(pid):
+            if out.exists() or out.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.rename(out)
+
+
+def export_hf(model, out_dir: str | os.PathLike, readme: str = "", provenance: dict | None = None) -> Path:
+    """Write ``model``'s HF directory (weights, config with ``provenance``, code for NdLinear models, tokenizer,
+    README.md) into a temp sibling of ``out_dir``, then swap it in: a failure leaves any old ``out_dir`` whole."""
     out = Path(out_dir).resolve()  # a symlink: its target is replaced
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     old = out.with_name(f".{out.name}.{os.getpid()}.old")
@@ -76,6 +116,8 @@ def export_hf(model, out_dir: str | os.PathLike, readme: str = "") -> Path:
     try:
         tmp.mkdir(parents=True)
         model.save_hf(str(tmp))
+        if provenance:
+            write_provenance(tmp, provenance)
         save_tokenizer(tmp, model.config.block_size)
         if readme:
             (tmp / "README.md").write_text(readme, encoding="utf-8")
@@ -92,8 +134,8 @@ def export_hf(model, out_dir: str | os.PathLike, readme: str = "") -> Path:
                 old.rename(out)
             raise
         shutil.rmtree(old, ignore_errors=True)
-    except OSError as e:
-        raise UserError(f"cannot write {out}: {e.strerror or e}") from e
+    except (OSError, SafetensorError) as e:  # safetensors reports a full disk as its own error
+        raise UserError(f"cannot write {out}: {getattr(e, 'strerror', None) or e} ({space_note(out.parent)})") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from utils.cli import UserError
-from utils.shards import read_manifest
+from utils.shards import check_finished, read_manifest
 
 ORDERS = ("shards", "windows")
 
@@ -44,6 +44,7 @@ def find_shards(data_dir: str | Path, split: str) -> list[Path]:
     if not data_dir.is_dir():
         problem = "is a file, not a directory of token shards" if data_dir.exists() else "does not exist"
         raise UserError(f"data directory {data_dir} {problem} (build one with data/fineweb.py)")
+    check_finished(data_dir)
     shards = sorted(data_dir.glob(f"*_{split}_*.npy"))
     if not shards:
         raise UserError(f"no '{split}' shards (*_{split}_*.npy) in {data_dir}")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from utils.checkpoint import is_resumable, load_checkpoint, strip_to_model
 from utils.cli import UserError
-from utils.io import atomic_write, atomic_write_json, remove_stale_tmp
+from utils.io import atomic_write, atomic_write_json, remove_dead_writers
 from utils.runlog import truncate_log, truncate_samples
 
 RUN_FILES = ("run.json", "log.txt", "samples.txt", "summary.json")
@@ -49,7 +49,7 @@ def holds_run(out_dir) -> bool:
     return any((Path(out_dir) / name).exists() for name in RUN_FILES) or bool(run_checkpoints(out_dir))
 
 
-def lock(out_dir):
+def lock(out_dir, what: str = "training"):
     """Create ``out_dir`` and take its exclusive lock for the life of this process (the returned file
     must stay open); a second writer gets a one-line UserError naming the holder's PID."""
     out_dir = Path(out_dir)
@@ -61,7 +61,7 @@ def lock(out_dir):
         f.seek(0)
         pid = f.read().strip() or "unknown"
         f.close()
-        raise UserError(f"{out_dir} is in use by another training process (PID {pid}); wait for it to "
+        raise UserError(f"{out_dir} is in use by another {what} process (PID {pid}); wait for it to "
                         "finish or choose another --out-dir") from None
     f.truncate(0)
     f.write(f"{os.getpid()}\n")
@@ -135,7 +135,7 @@ def claim(out: Path, run_info: dict, resume_from: Path | None, start_step: int, 
     ``resume_from`` at ``start_step`` (in its own directory, or a copy of its record in an empty ``out``)."""
     handle = lock(out)
     try:
-        remove_stale_tmp(out)
+        remove_dead_writers(out.glob(".*.*.tmp"), min_age_s=0)  # a live writer's (wanda.py --out RUN/x.pt) stays
         run_info = json.loads(json.dumps(run_info))  # JSON's lists for tuples, as read back
         elsewhere = resume_from is not None and out.resolve() != resume_from.parent.resolve()
         if (resume_from is None or elsewhere) and holds_run(out) and not overwrite:

@@ -15,6 +15,8 @@ import hashlib
 import json
 import os
 import re
+import shlex
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -31,6 +33,7 @@ except ImportError:  # not POSIX: no lock, builds must not run concurrently
     fcntl = None
 
 MANIFEST = "done.json"
+BUILDING = ".building"  # present from the start of a build until its manifest is written
 MANIFEST_VERSION = 2  # bump when the tokenization or text cleaning changes
 BUILTIN_SHARD_SIZE = 50_000
 # The builtin corpus is for smoke runs: its val split (10% of the topics, whole; 12,305 tokens with
@@ -56,7 +59,7 @@ class ShardWriter:
         self.buffer = np.empty(shard_size, dtype=np.uint16)
         self.fill = 0
         self.total = 0
-        self.shards: list[dict] = []  # {"file", "split", "tokens"}
+        self.shards: list[dict] = []  # {"file", "split", "tokens", "sha256"}
 
     @property
     def full(self) -> bool:
@@ -101,7 +104,8 @@ class ShardWriter:
         split = "val" if index < self.val_shards else self.split
         name = f"{self.prefix}_{split}_{index:06d}.npy"
         atomic_write(self.out_dir / name, lambda f: np.save(f, self.buffer[:self.fill]))
-        self.shards.append({"file": name, "split": split, "tokens": int(self.fill)})
+        digest = hashlib.sha256(np.ascontiguousarray(self.buffer[:self.fill], dtype="<u2").data).hexdigest()
+        self.shards.append({"file": name, "split": split, "tokens": int(self.fill), "sha256": digest})
         self.fill = 0
 
 
@@ -112,6 +116,18 @@ def read_manifest(data_dir: str | Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return manifest if isinstance(manifest, dict) else None
+
+
+def check_finished(data_dir: str | Path) -> None:
+    """A UserError naming the command to rerun when ``data_dir`` is a build that stopped before its manifest."""
+    marker = Path(data_dir) / BUILDING
+    if marker.is_file() and not (Path(data_dir) / MANIFEST).is_file():
+        try:
+            command = marker.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            command = ""
+        raise UserError(f"{data_dir} is an unfinished build (stopped before {MANIFEST} was written); run "
+                        f"{command or 'the same data/fineweb.py command'} again to finish it")
 
 
 def up_to_date(out_dir: str | Path, settings: dict) -> dict | None:
@@ -166,6 +182,7 @@ def write_shards(out_dir: str | Path, settings: dict, splits: Iterable[tuple[str
         if old and not overwrite:
             raise UserError(f"{out_dir} already holds {len(old)} '{prefix}' shard(s) made with other settings "
                             "(or unfinished); pass --overwrite to replace them or choose another --out-dir")
+        atomic_write(out_dir / BUILDING, shlex.join(["python", *sys.argv]) + "\n")  # names the rerun
         (out_dir / MANIFEST).unlink(missing_ok=True)
         for path in old:
             path.unlink()
@@ -184,16 +201,19 @@ def write_shards(out_dir: str | Path, settings: dict, splits: Iterable[tuple[str
                 shards = writer.close()
             except BaseException:
                 writer.discard()
+                (out_dir / BUILDING).unlink(missing_ok=True)  # nothing left that looks like data
                 raise
 
         totals = {split: sum(s["tokens"] for s in shards if s["split"] == split) for split in ("val", "train")}
         if totals["val"] == 0 or totals["train"] == 0:
             writer.discard()
+            (out_dir / BUILDING).unlink(missing_ok=True)
             raise UserError(f"empty corpus: {totals['val']} val and {totals['train']} train tokens "
                             "(need both; more input or a larger --max-tokens?)")
         manifest = {"settings": settings, "shards": shards,
                     "val_tokens": totals["val"], "train_tokens": totals["train"]}
         atomic_write_json(out_dir / MANIFEST, manifest)
+        (out_dir / BUILDING).unlink(missing_ok=True)
     return {**manifest, "skipped": False}
 
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from utils import rundir
-from utils.checkpoint import gpt_config_from_dict, is_resumable, load_checkpoint
+from utils.checkpoint import config_from_dict, gpt_config_from_dict, is_resumable, load_checkpoint
 from utils.cli import REPO, UserError, nonneg_float, nonneg_int, positive_float, positive_int
+from utils.identity import data_fingerprint
 from utils.shards import read_manifest
 
 BUILTIN_DATA = REPO / "data" / "builtin"
@@ -104,17 +105,27 @@ def from_flags(flags: dict, base: TrainConfig) -> TrainConfig:
     return cfg
 
 
-def for_resume(saved: TrainConfig, flags: dict, allow_data_change: bool, warn) -> TrainConfig:
-    """The saved config with the flags given again; a change of FROZEN_ON_RESUME is a UserError."""
+def for_resume(saved: TrainConfig, flags: dict, allow_data_change: bool, warn,
+               data_id: str | None = None) -> TrainConfig:
+    """The saved config with the flags given again; a change of FROZEN_ON_RESUME is a UserError, and so is
+    other data without ``allow_data_change``: by content where the checkpoint has its data's fingerprint
+    ``data_id`` (a directory rebuilt in place is other data), else by path and manifest."""
     for name in FROZEN_ON_RESUME:
         if flags.get(name) is not None and flags[name] != getattr(saved, name):
             raise UserError(f"{flag(name)} cannot change on resume (the run has {getattr(saved, name)!r}); "
                             "start a new run in another --out-dir instead")
-    if flags.get("data") is not None and not same_data(flags["data"], saved.data):
+    data = flags.get("data") or saved.data
+    if data_id is not None and data is not None and Path(data).is_dir():
+        now = data_fingerprint(data)
+        changed = now != data_id and f"the data in {data} (fingerprint {now}) is not what the run was trained on " \
+                                     f"({data_id})"
+    else:
+        changed = flags.get("data") is not None and not same_data(flags["data"], saved.data) and \
+            f"the run was trained on {saved.data}, not on {flags['data']}"
+    if changed:
         if not allow_data_change:
-            raise UserError(f"the run was trained on {saved.data}; pass --allow-data-change to continue it "
-                            f"on {flags['data']}")
-        warn(f"warning: continuing on other data: {flags['data']} (the run so far used {saved.data})")
+            raise UserError(f"{changed}; pass --allow-data-change to continue on it anyway")
+        warn(f"warning: continuing on other data: {changed}")
     return from_flags(flags, saved)
 
 
@@ -143,27 +154,11 @@ def from_train_args(args: dict, model_config: dict) -> TrainConfig:
 
 def from_checkpoint(ckpt: dict, where) -> TrainConfig:
     saved = ckpt.get("train_config")
-    if isinstance(saved, dict):
-        unknown = sorted(set(saved) - set(FIELDS))
-        if unknown:
-            raise UserError(f"{where}: unknown train_config field(s) {unknown} (written by a newer version?)")
-        return checked_types(TrainConfig(**saved), where)
+    if isinstance(saved, dict):  # a field it lacks (added since) takes its default
+        return config_from_dict(TrainConfig, saved, where, "train_config", defaults=True)
     if isinstance(ckpt.get("train_args"), dict):
         return from_train_args(ckpt["train_args"], ckpt["config"])
     raise UserError(f"{where} has no train_config (nor old-format train_args); it cannot be resumed")
-
-
-def checked_types(cfg: TrainConfig, where) -> TrainConfig:
-    """A config read from a file, with every field of its annotated type (``float`` takes an int)."""
-    bad = []
-    for field in dataclasses.fields(cfg):
-        value, allowed = getattr(cfg, field.name), field.type.replace(" ", "").split("|")
-        kind = "None" if value is None else "bool" if isinstance(value, bool) else type(value).__name__
-        if kind not in allowed and not (kind == "int" and "float" in allowed):
-            bad.append(f"{field.name}={value!r}")
-    if bad:
-        raise UserError(f"{where}: malformed train_config field(s) {', '.join(bad)}")
-    return cfg
 
 
 def model_config(cfg: TrainConfig):
@@ -207,7 +202,8 @@ def settle(flags: dict, cuda: bool, warn):
             out = Path(flags["out_dir"] or path.parent)
         if type(ckpt["step"]) is not int:
             raise UserError(f"{path}: malformed step {ckpt['step']!r}; it cannot be resumed")
-        cfg = for_resume(from_checkpoint(ckpt, path), flags, flags["allow_data_change"], warn)
+        cfg = for_resume(from_checkpoint(ckpt, path), flags, flags["allow_data_change"], warn,
+                         data_id=ckpt.get("data_id"))
         if cfg.max_steps < ckpt["step"]:
             raise UserError(f"--max-steps {cfg.max_steps} is before the checkpoint's step {ckpt['step']}")
     model = gpt_config_from_dict(ckpt["config"], path) if ckpt else model_config(cfg)

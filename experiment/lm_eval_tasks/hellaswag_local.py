@@ -1,5 +1,5 @@
 """Dataset loader of the ``hellaswag_local`` lm-eval task: this repository's HellaSwag reader
-(utils/hellaswag.py), which builds lm-eval's query ("activity_label: ctx", preprocessed) and choices."""
+(evaluation/hellaswag.py), which builds lm-eval's query ("activity_label: ctx", preprocessed) and choices."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.hellaswag import default_hellaswag_path, load_hellaswag
+from evaluation.hellaswag import default_hellaswag_path, load_hellaswag
 
 
 def load(hellaswag_path: str | None = None, **_metadata):

@@ -1,36 +1,11 @@
-"""Evaluation pieces the scripts share: mean val loss over a loader, text samples."""
+"""Text samples: a prompt's continuations, in batches that fit in memory, with a private generator."""
 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from utils.precision import autocast
-
-
-def all_reduce_mean(value: torch.Tensor, world_size: int) -> torch.Tensor:
-    """Mean over processes (SUM / world: gloo has no AVG)."""
-    if world_size > 1:
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
-        value = value / world_size
-    return value
-
-
-@torch.no_grad()
-def evaluate_loss(model, loader, batches: int, device: str, amp: bool = False, world_size: int = 1) -> float:
-    """Mean cross-entropy over ``batches`` micro-batches of ``loader`` (reset first), averaged over ranks."""
-    model.eval()
-    loader.reset()
-    total = torch.zeros((), device=device)
-    for _ in range(batches):
-        x, y = loader.next_batch()
-        x, y = x.to(device), y.to(device)
-        with autocast(device, amp):
-            _, loss = model(x, y)
-        total += loss.detach().float()
-    model.train()
-    return all_reduce_mean(total / batches, world_size).item()
 
 
 def encode_prompt(enc, prompt: str) -> list[int]:
@@ -65,13 +40,15 @@ def sample_texts(model, enc, prompt: str, num_samples: int, max_new_tokens: int,
     was_training = model.training
     model.eval()
     texts = []
-    for start in tqdm(range(0, num_samples, per_batch), desc="samples", unit="batch",
-                      disable=not progress or num_samples <= per_batch):
+    batches = range(0, num_samples, per_batch)
+    bar = tqdm(total=len(batches) * max_new_tokens, desc="sampling", unit="tok", disable=not progress)
+    for start in batches:
         idx = torch.tensor(tokens, dtype=torch.long, device=device).repeat(min(per_batch, num_samples - start), 1)
         with autocast(device, amp):
             out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator,
-                                 use_cache=use_cache)
+                                 use_cache=use_cache, on_token=bar.update)
         # an undertrained model may pick the padding ids (50257..vocab_size-1) that have no text: drop them
         texts += [enc.decode([t for t in row.tolist() if t < enc.n_vocab]) for row in out]
+    bar.close()
     model.train(was_training)
     return texts
