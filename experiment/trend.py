@@ -117,3 +117,28 @@ def check_studies(studies: list[tuple[str, Path]]) -> None:
     for _, study in studies:
         if study.exists() and not study.is_dir():
             raise UserError(f"{study} is not a study directory")
+
+
+MECHANISM_HEADERS = ["study", "run", "features > 6", "features > 6 sd", "feature norm max/median",
+                     "Δ 70% wanda", "Δ 70% magnitude-layer", "Δ 70% magnitude-row"]
+
+
+def mechanism_rows(studies: list[tuple[str, Path]]) -> list[list[str]]:
+    """Per run with an outliers report (pruning/outliers.py) and a 70% sweep: the mean share of input features
+    beyond 6 and beyond 6 sd over the pruned layers, the median spread of Wanda's feature norms, and each
+    method's Δ val loss at 70%."""
+    rows = []
+    for label, study in studies:
+        for path in sorted(study.glob("outliers/*.json")):
+            summary = json.loads(path.read_text())["summary"]
+            deltas = {}
+            sweep = study / "sweep" / path.stem
+            for report in load_reports([sweep], "pruning") if sweep.is_dir() else []:
+                p = report["pruning"]
+                if p["nm"] is None and abs(p["sparsity"] - 0.7) < 1e-9:
+                    deltas[p["method"]] = report["after"]["val_loss"] - report["before"]["val_loss"]
+            rows.append([label, path.stem, f"{summary['mean_share_abs_gt_6']:.2%}",
+                         f"{summary['mean_share_sd_gt_6']:.2%}", f"{summary['norm_max_over_median_median']:.2f}",
+                         *(f"{deltas[m]:+.4f}" if m in deltas else "-"
+                           for m in ("wanda", "magnitude-layer", "magnitude-row"))])
+    return rows

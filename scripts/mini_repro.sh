@@ -13,7 +13,8 @@
 #           split (879 steps, 7.2M tokens, no window repeated), val every 20 steps -> logs/horizon/
 # width   = the same pair at 6 layers x 384 wide, today's 160 steps (1.31M tokens) -> logs/width/
 #           Both: seeds 1 2 (SEEDS), one thread per run (THREADS=1: two runs share the 2 cores), the final
-#           eval as above; every stage resumes.
+#           eval as above, then Wanda and both magnitude baselines at 70% and pruning/outliers.py on the
+#           final checkpoint; every stage resumes.
 # Env: SEEDS="1 2 3", ONLY="gpt2 ndgpt2 gpt2-mlp1536" to run a subset, SWEEP_SEEDS="1 2" the seeds that are
 # swept; DRY=1 prints the commands.
 set -euo pipefail
@@ -100,6 +101,17 @@ long_run() {  # study model seed: issue 23's horizon (4 x 192, 879 steps) or wid
   mkdir -p "logs/$1/eval"
   [[ -f $report ]] || OMP_NUM_THREADS=${THREADS:-1} run python experiment/test_gpt.py --ckpt "$final" \
     --data "$DATA" "${FINAL_VAL[@]}" --no-amp --hellaswag-limit 1000 --hellaswag-convention seed --seed 0 --json "$report"
+  mechanism "$1" "$2" "$3" "$final"
+}
+
+mechanism() {  # study model seed checkpoint: Wanda against both magnitude baselines at 70%, and the input
+  # outlier features of the pruned layers on the same calibration windows (issue 23's "Wanda's mechanism")
+  local sweep=logs/$1/sweep/$2-s$3 outliers=logs/$1/outliers/$2-s$3.json
+  [[ -f $sweep/sweep.md ]] || OMP_NUM_THREADS=${THREADS:-1} run python pruning/sweep.py --ckpt "$4" --data "$DATA" \
+    "${SWEEP_VAL[@]}" --no-amp --seed 0 --sparsities 0.7 --nm --out-dir "$sweep"
+  mkdir -p "logs/$1/outliers"
+  [[ -f $outliers ]] || OMP_NUM_THREADS=${THREADS:-1} run python pruning/outliers.py --ckpt "$4" --data "$DATA" \
+    --calib-samples 128 --calib-len 256 --seed 0 --json "$outliers"
 }
 
 case $stage in
@@ -119,6 +131,6 @@ case $stage in
     done
     [[ $stage == all ]] && figures ;;
   figures) figures ;;
-  -h | --help) sed -n '2,18p' "$0" | cut -c3- ;;
+  -h | --help) sed -n '2,19p' "$0" | cut -c3- ;;
   *) echo "usage: $0 [all|data|runs|figures|horizon|width]" >&2; exit 2 ;;
 esac

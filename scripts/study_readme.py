@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluation.report import at_chance  # noqa: E402
 from experiment.tables import eval_seed_rows, load_reports, sparsity_deltas  # noqa: E402
-from experiment.trend import TREND_HEADERS, plot_trend, trend_rows  # noqa: E402
+from experiment.trend import MECHANISM_HEADERS, TREND_HEADERS, mechanism_rows, plot_trend, trend_rows  # noqa: E402
 from utils.cli import ArgumentParser, UserError, run_main  # noqa: E402
 from utils.io import atomic_write, markdown_table  # noqa: E402
 
@@ -149,8 +149,15 @@ def trend_block(study: Path) -> str:
     if pending:
         out += [f"Not finished yet: {', '.join(pending)} (`bash scripts/mini_repro.sh horizon`, `... width`).", ""]
     if rows:
-        out += [f"![gap against tokens]({study / TREND_FIGURE})", "", ""]
-    return "\n".join(out)
+        out += [f"![gap against tokens]({study / TREND_FIGURE})", ""]
+    mechanism = mechanism_rows(studies)
+    if mechanism:
+        out += ["Wanda's mechanism, measured: input features of the pruned layers on the 128 calibration windows "
+                "(mean share over the layers of features whose largest |x| exceeds 6, LLM.int8's threshold, or "
+                "6 standard deviations of that layer's inputs; the median over layers of max/median feature "
+                "norm), beside each method's Δ val loss at 70% (`pruning/outliers.py`, `pruning/sweep.py`):", "",
+                markdown_table(MECHANISM_HEADERS, mechanism, n_left=2), ""]
+    return "\n".join(out + [""])
 
 
 def fill(text: str, begin: str, end: str, block: str, readme: Path) -> str:

@@ -2,8 +2,9 @@
 level and inside functions, points down the layers, and no two modules import each other in a circle.
 
 Two named exceptions: the deprecation shim utils/hellaswag.py, which re-exports evaluation/hellaswag.py so that
-``utils.hellaswag.evaluate_hellaswag`` (a public entry point) keeps working, and the documented facade: ``GPT.from_pretrained`` / ``GPT.save_hf`` (models/gpt2.py)
-import models/hf.py inside the method, and hf.py imports gpt2.py. Importing ``a.b`` also runs ``a/__init__.py``;
+``utils.hellaswag.evaluate_hellaswag`` (a public entry point) keeps working, and the documented facade:
+``GPT.from_pretrained`` / ``GPT.save_hf`` (models/gpt2.py) import models/hf.py inside the method, and hf.py
+imports gpt2.py. Importing ``a.b`` also runs ``a/__init__.py``;
 that implicit edge is not counted (Python allows it while the package is being imported).
 """
 

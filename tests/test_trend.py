@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from experiment.trend import curve_gaps, final_gaps, plot_trend, trend_rows
+from experiment.trend import curve_gaps, final_gaps, mechanism_rows, plot_trend, trend_rows
 
 
 def fake_study(root, losses: dict[tuple[str, int], float], curve: dict[tuple[str, int], dict[int, float]],
@@ -44,3 +44,20 @@ def test_gaps_are_paired_by_seed_at_the_end_and_along_the_curve(tmp_path):
     assert rows == [["mini", "4 x 192", "400", "2", "+0.3000, +0.1000", "+0.2000", "+0.1000 to +0.3000"]]
     assert plot_trend([("mini", study)], tmp_path / "trend.png") and (tmp_path / "trend.png").stat().st_size > 0
     assert not plot_trend([("missing", tmp_path / "nothing")], tmp_path / "none.png")
+
+
+def test_mechanism_rows_put_outliers_beside_the_70_percent_deltas(tmp_path):
+    study = tmp_path / "width"
+    (study / "outliers").mkdir(parents=True)
+    summary = {"mean_share_abs_gt_6": 0.125, "mean_share_sd_gt_6": 0.5, "norm_max_over_median_median": 3.25}
+    (study / "outliers" / "ndgpt2-s1.json").write_text(json.dumps({"summary": summary}))
+    sweep = study / "sweep" / "ndgpt2-s1"
+    sweep.mkdir(parents=True)
+    block = {"params_total": 1, "params_nonzero": 1, "perplexity": 1.0, "val_tokens": 8, "hellaswag": {}}
+    for method, sparsity, after in (("wanda", 0.7, 6.5), ("magnitude-layer", 0.7, 6.75), ("wanda", 0.5, 9.0)):
+        report = {"kind": "pruning", "version": 1, "model": "ndgpt2", "source": "x", "settings": {"eval": {}},
+                  "pruning": {"method": method, "sparsity": sparsity, "nm": None},
+                  "before": {**block, "val_loss": 6.25}, "after": {**block, "val_loss": after}}
+        (sweep / f"{method}-{sparsity}.json").write_text(json.dumps(report))
+    assert mechanism_rows([("wider", study)]) == [
+        ["wider", "ndgpt2-s1", "12.50%", "50.00%", "3.25", "+0.2500", "+0.5000", "-"]]
