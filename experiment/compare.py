@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     tokens = per_log(args.tokens_per_step, len(args.logs), "--tokens-per-step")
 
     # read and check every input before anything is written
+    tables.check_distinct_logs(args.logs)
     labels = args.labels or tables.default_labels(args.logs)
     runs = [read_log(path, label) for path, label in zip(args.logs, labels)]
     reports = tables.load_reports(args.pruning, "pruning")

@@ -43,6 +43,20 @@ def run_setting(log_path: Path, key: str):
     return None
 
 
+def check_distinct_logs(paths: list[Path]) -> None:
+    """A UserError when two logs are one run: the same file, or the same run_id in the run.json beside them."""
+    seen: dict[tuple[str, str], Path] = {}
+    for path in paths:
+        try:
+            run_id = json.loads((Path(path).parent / "run.json").read_text(encoding="utf-8")).get("run_id")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            run_id = None
+        key = ("run_id", run_id) if isinstance(run_id, str) else ("file", str(Path(path).resolve()))
+        if key in seen:
+            raise UserError(f"{seen[key]} and {path} are the same run ({key[0]} {key[1]}); give each run once")
+        seen[key] = path
+
+
 def _argbest(series: dict[int, float], best) -> tuple[int | None, float | None]:
     """Step and value of the best finite entry (earliest step on ties); (None, None) if none."""
     finite = [(s, v) for s, v in sorted(series.items()) if math.isfinite(v)]

@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import signal
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import tiktoken
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from evaluation.hellaswag import evaluate_hellaswag, find_examples
@@ -38,23 +36,21 @@ from evaluation.sampling import sample_texts
 from experiment.train_summary import flops_per_token, peak_flops, write_summary
 from models.gpt2 import GPT
 from models.gpt_kernels import use_cpu_kernels
-from utils import rundir
+from utils import runtime
 from utils import train_config as tc
-from utils.checkpoint import save_checkpoint, unwrap
-from utils.cli import ArgumentParser, UserError, check_writable_dir, pick_device, positive_int, run_main, seed_int
-from utils.identity import data_fingerprint, new_run_id
+from utils.checkpoint import unwrap
+from utils.cli import ArgumentParser, UserError, positive_int, run_main, seed_int
 from utils.io import check_space
-from utils.loader import ShardLoader, default_order
+from utils.loader import ShardLoader
 from utils.malloc import keep_freed_memory
-from utils.precision import autocast, resolve_amp
+from utils.precision import autocast
 from utils.runlog import append_lines, format_event
-from utils.seed import get_rng_state, seed_everything, set_rng_state
-from utils.shards import prepare_builtin_corpus
+from utils.runtime import Runtime
+from utils.seed import seed_everything
 from utils.tokenizer import get_encoding
 from utils.train_config import TRAIN_PRESETS
 
 PROG = "train_gpt.py"
-KILL_AFTER_STEP_ENV = "NDGPT2_KILL_AFTER_STEP"  # test hook: SIGKILL ourselves after logging this train step
 
 
 class TrainingDiverged(Exception):
@@ -68,20 +64,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="hyperparameter preset (default: gpt2-124m with CUDA, smoke without)")
     ap.add_argument("--data", help="token shard directory (smoke: the builtin corpus, prepared automatically; "
                     "gpt2-124m: data/edu_fineweb10B)")
-    ap.add_argument("--allow-data-change", action="store_true", help="let --resume continue on other --data")
     ap.add_argument("--order", choices=("shards", "windows"), help="train data order: shards front to back, "
                     "or a seeded permutation of windows per epoch (default: the data's own, utils.loader)")
-    ap.add_argument("--out-dir", help="run directory (default logs/<model>-<preset>; with --resume PATH: "
-                    "PATH's directory)")
     ap.add_argument("--seed", type=seed_int, help="default 1337 (a resumed run keeps its own)")
-    ap.add_argument("--resume", nargs="?", const="latest", metavar="PATH",
-                    help="continue a run: from checkpoint PATH (an older one rewinds the run), or (no PATH) "
-                    "from the newest resumable checkpoint in --out-dir; other flags keep the run's values")
-    ap.add_argument("--overwrite", action="store_true",
-                    help="start a new run in an --out-dir that holds one (deletes its log and checkpoints)")
-    g = ap.add_argument_group("hyperparameters (default: from --preset; a resumed run: its own)")
-    for name, kind, text in tc.HYPERPARAMETER_FLAGS:
-        g.add_argument(tc.flag(name), type=kind, help=text)
+    c = ap.add_argument_group("run control (no part of the run's config)")
+    c.add_argument("--out-dir", help="run directory (default logs/<model>-<preset>; with --resume PATH: "
+                   "PATH's directory)")
+    c.add_argument("--resume", nargs="?", const="latest", metavar="PATH",
+                   help="continue a run: from checkpoint PATH (an older one rewinds the run), or (no PATH) "
+                   "from the newest resumable checkpoint in --out-dir; other flags keep the run's values")
+    c.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --out-dir that holds one (deletes its log and checkpoints)")
+    c.add_argument("--allow-data-change", action="store_true", help="let --resume continue on other --data")
+    tc.add_hyperparameter_flags(ap.add_argument_group("hyperparameters (default: from --preset; a resumed run: "
+                                                      "its own)"))
     e = ap.add_argument_group("evaluation")
     e.add_argument("--hellaswag", help="HellaSwag jsonl (default: data/hellaswag or ../shared/data)")
     e.add_argument("--hellaswag-limit", type=positive_int, help="first N examples only (smoke default 50)")
@@ -101,175 +97,71 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def setup_distributed(device: str | None):
-    """(ddp, rank, world, device). torchrun sets RANK/LOCAL_RANK/WORLD_SIZE."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        rank, local_rank, world = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
-        if torch.cuda.is_available() and (device is None or device.startswith("cuda")):
-            torch.cuda.set_device(f"cuda:{local_rank}")
-            dist.init_process_group(backend="nccl")
-            return True, rank, world, f"cuda:{local_rank}"
-        dist.init_process_group(backend="gloo")
-        return True, rank, world, "cpu"
-    return False, 0, 1, pick_device(device)
-
-
 def main(argv=None) -> None:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    ddp, rank, world, device = setup_distributed(args.device)
+    flags, control = tc.split_flags(vars(parse_args(argv)))
+    if control.threads:
+        torch.set_num_threads(control.threads)
+    rt = runtime.start(control.device, PROG)
     try:
-        train(args, ddp, rank, world, device)
+        train(flags, control, rt)
     finally:
-        if ddp and dist.is_initialized():
-            dist.destroy_process_group()
+        runtime.stop(rt)
 
 
-def evaluate(step: int, model, val_loader, val_steps: int, hellaswag, enc, prompt: str, device: str, amp: bool,
-             rank: int, world: int, out: Path, say) -> float:
-    """Val loss, HellaSwag and 4 samples at ``step``, which rank 0 appends to out-dir's log.txt and samples.txt;
-    returns the val loss. ``model`` may be compiled or DDP-wrapped."""
-    val_loss = evaluate_loss(model, val_loader, val_steps, device, amp, world)
-    say(f"step {step:5d} | val loss {val_loss:.4f}")
-    lines = [format_event(step, "val", val_loss)]
-    if hellaswag is not None:
-        result = evaluate_hellaswag(unwrap(model), hellaswag, device=device, amp=amp, rank=rank, world_size=world,
-                                    progress=False)
-        say(f"step {step:5d} | hellaswag acc_norm {result['acc_norm']:.4f} (acc {result['acc']:.4f}, "
-            f"n={result['n']})")
-        lines.append(format_event(step, "hella", result["acc_norm"]))
-    prompt_len = len(enc.encode(prompt)) if prompt else 1
-    texts = sample_texts(unwrap(model), enc, prompt, 4, max(1, 32 - prompt_len), top_k=50, seed=42 + rank,
-                         device=device, amp=amp)
-    if rank == 0:
-        append_lines(out / "log.txt", lines)
-        for i, text in enumerate(texts):
-            say(f"sample {i}: {text!r}")
-        append_lines(out / "samples.txt", [f"=== step {step} ==="] + [f"[{i}] {text}" for i, text in enumerate(texts)])
-    return val_loss
+@dataclass(frozen=True)
+class Data:
+    """What the loop reads: this process's train and val loaders, the val steps per evaluation, the HellaSwag
+    examples (None: skipped), and the tokenizer and prompt of the samples."""
+    train: ShardLoader
+    val: ShardLoader
+    val_steps: int
+    hellaswag: list | None
+    enc: tiktoken.Encoding
+    prompt: str
 
 
-def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
-    master, device_type = rank == 0, torch.device(device).type
-    say = tqdm.write if master else (lambda msg: None)
-    warn = (lambda msg: print(f"{PROG}: {msg}", file=sys.stderr)) if master else (lambda msg: None)
-    if device_type == "cpu":
+def train(flags: dict, control: tc.RunControl, rt: Runtime) -> None:
+    """build-nanogpt's loop: the setup; then per step an evaluation and a checkpoint where one is due, and one
+    optimizer step; then the summary. A resumed run continues bit for bit."""
+    if rt.device_type == "cpu":
         keep_freed_memory()  # steps stop page-faulting their buffers back in (utils/malloc.py)
+    run = tc.settle(flags, control, rt)  # every flag checked; nothing written yet
+    rt, cfg, rundir = rt.with_amp(run.config.amp), run.config, run.rundir
+    data = open_data(cfg, run.model, rt)
+    raw_model, optimizer, time_before = build_model(run, data.train, rt)
+    claim(run, raw_model, control.overwrite, rt)
+    model, compiled = wrap(raw_model, cfg, rt)
+    say_banner(run, raw_model, data, compiled, rt)
 
-    # ---- the run config; everything below is checked before the run directory is touched
-    cfg, model_config, out, resume_from, ckpt = tc.settle(vars(args), device_type == "cuda", warn)
-    enc = get_encoding()
-    special = sorted(t for t in enc.special_tokens_set if t in cfg.prompt)
-    if special:  # the samples encode the prompt as plain text, where tiktoken refuses these
-        raise UserError(f"--prompt {cfg.prompt!r} contains the special token(s) {', '.join(special)}; remove them")
-    check_writable_dir(out, "--out-dir")
-    grad_accum = tc.grad_accum_steps(cfg, world)
-    if tc.same_path(cfg.data, tc.BUILTIN_DATA):
-        if master:
-            prepare_builtin_corpus(str(tc.BUILTIN_DATA))
-        if ddp:
-            dist.barrier()
-    if not Path(cfg.data).is_dir():
-        raise UserError(f"data directory not found: {cfg.data}")
-    cfg = replace(cfg, order=cfg.order or default_order(cfg.data))
-    data_id = data_fingerprint(cfg.data)  # checkpoints name their data by content (checked on resume)
-    run_id = (ckpt or {}).get("run_id") or new_run_id()  # a new run (--overwrite included) gets a new id
-    loader_args = dict(rank=rank, world_size=world, seed=cfg.seed, vocab_size=model_config.vocab_size)
-    train_loader = ShardLoader(cfg.data, "train", cfg.micro_batch, cfg.seq_len, order=cfg.order, **loader_args)
-    val_loader = ShardLoader(cfg.data, "val", cfg.micro_batch, cfg.seq_len, shuffle=False, **loader_args)
-    val_steps = tc.val_steps(cfg, world)
-    if val_steps > val_loader.steps_per_epoch:  # the loader would wrap: tokens counted twice
-        raise UserError(f"--val-tokens {cfg.val_tokens:,} asks for {val_steps} val steps of {world} x "
-                        f"{cfg.micro_batch} x {cfg.seq_len}, but {cfg.data} holds {val_loader.steps_per_epoch}; "
-                        "ask for fewer")
-    hellaswag = None if cfg.no_hellaswag else find_examples(cfg.hellaswag, cfg.hellaswag_limit, device, note=say,
-                                                            conventions=("seed",))[0]
-
-    # ---- model, optimizer, state
-    seed_everything(cfg.seed)
-    if device_type == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32
-    raw_model = GPT(model_config).to(device)
-    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.lr, betas=(0.9, 0.95), eps=1e-8,
-                                               device_type=device_type)
-    start_step, time_before = 0, {"train": 0.0, "wall": 0.0}  # seconds spent by earlier sessions of the run
-    if ckpt is not None:
-        try:
-            raw_model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            train_loader.load_state_dict(ckpt["data_state"])
-            set_rng_state(ckpt["rng"])
-            time_before = {"train": float(ckpt.get("train_time", 0.0)), "wall": float(ckpt.get("wall_time", 0.0))}
-        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:  # a damaged or hand-edited file
-            raise UserError(f"{resume_from} cannot be resumed: its saved state is malformed "
-                            f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})") from e
-        start_step = ckpt["step"]
-        del ckpt
-    if master:  # a full checkpoint (weights + AdamW's two moments) must fit before hours of training
-        weights = sum(p.numel() * p.element_size() for p in raw_model.parameters())
-        check_space(rundir.checkpoint_path(out, cfg.max_steps), 3 * weights, "the checkpoint")
-    run_info = {"model": cfg.model, "preset": cfg.preset, "run_id": run_id, "config": model_config.to_dict(),
-                "train_config": asdict(cfg)}
-    lock = rundir.claim(out, run_info, resume_from, start_step, args.overwrite, say) if master else None
-    if resume_from is not None:
-        say(f"resumed from {resume_from} at step {start_step}")
-    if ddp:
-        dist.barrier()
-
-    amp = resolve_amp(device, cfg.amp)
-    compile_model = device_type == "cuda" if cfg.compile is None else cfg.compile
-    model = torch.compile(raw_model) if compile_model else raw_model
-    if ddp:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[int(device.split(":")[1])] if device_type == "cuda" else None)
-    if device_type == "cpu" and not compile_model:  # eager CPU only: under torch.compile the plain loss is traced
-        use_cpu_kernels(raw_model)  # after DDP, which would expect a sparse gradient from a sparse embedding
-    n_params = raw_model.num_params()
-    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in raw_model.state_dict().values()}
-    model_mb = sum(storages.values()) / 2**20  # the tied head shares the embedding's storage
-    say(f"{cfg.model} ({cfg.preset}): {n_params:,} params | {world} process(es) on {device} | batch "
-        f"{cfg.total_batch:,} tokens = {cfg.micro_batch} x {cfg.seq_len} x {grad_accum} accum x {world} | "
-        f"{cfg.max_steps} steps | val {val_steps * cfg.micro_batch * cfg.seq_len * world:,} tokens | order "
-        f"{cfg.order} | amp {amp} | compile {compile_model} | out {out}")
-    say(f"checkpoints every {cfg.eval_every} steps, the last model_{cfg.max_steps:05d}.pt: ~{model_mb:,.0f} MB each, "
-        f"~{3 * model_mb:,.0f} MB for the newest {cfg.full_checkpoints or 'all'} (with the AdamW state)")
-
-    kill_after = int(os.environ.get(KILL_AFTER_STEP_ENV, "-1"))
+    start, resumed = rundir.start, rundir.resume_from is not None
     train_time, wall_start = 0.0, time.time()
     step_seconds = []  # this session's steps: the summary times the first one (compilation) apart
-    bar = tqdm(total=cfg.max_steps, initial=min(start_step, cfg.max_steps), desc="train", unit="step",
-               disable=not master, dynamic_ncols=True)
-    for step in range(start_step, cfg.max_steps + 1):
+    bar = tqdm(total=cfg.max_steps, initial=min(start, cfg.max_steps), desc="train", unit="step",
+               disable=not rt.master, dynamic_ncols=True)
+    for step in range(start, cfg.max_steps + 1):
         last = step == cfg.max_steps
-        if (step % cfg.eval_every == 0 or last) and not (resume_from and step == start_step):  # resumed: done
-            val_loss = evaluate(step, model, val_loader, val_steps, hellaswag, enc, cfg.prompt, device, amp, rank,
-                                world, out, say)
-            if master:  # a checkpoint with everything --resume needs, then the policy for the older ones
-                save_checkpoint(rundir.checkpoint_path(out, step), raw_model, kind="gpt", model_name=cfg.model,
-                                optimizer=optimizer.state_dict(), step=step, val_loss=val_loss, run_id=run_id,
-                                data_id=data_id,
-                                data_state=train_loader.state_dict(), rng=get_rng_state(), train_config=asdict(cfg),
-                                train_time=time_before["train"] + train_time,
-                                wall_time=time_before["wall"] + time.time() - wall_start)
-                rundir.apply_policy(out, cfg.keep_checkpoints, cfg.full_checkpoints)
+        if (step % cfg.eval_every == 0 or last) and not (resumed and step == start):  # resumed: done before
+            val_loss = evaluate(step, model, data, run.out_dir, rt)
+            rundir.save(step, model_name=cfg.model, val_loss=val_loss, data_id=run.data_id, train_config=asdict(cfg),
+                        train_time=time_before["train"] + train_time,
+                        wall_time=time_before["wall"] + time.time() - wall_start)
         if last:
             break
         t0 = time.time()
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        loss_accum = torch.zeros((), device=device)
-        for micro_step in range(grad_accum):
-            x, y = train_loader.next_batch()
-            x, y = x.to(device), y.to(device)
-            if ddp:
-                model.require_backward_grad_sync = micro_step == grad_accum - 1
-            with autocast(device, amp):
+        loss_accum = torch.zeros((), device=rt.device)
+        for micro_step in range(run.grad_accum):
+            x, y = data.train.next_batch()
+            x, y = x.to(rt.device), y.to(rt.device)
+            if rt.ddp:
+                model.require_backward_grad_sync = micro_step == run.grad_accum - 1
+            with autocast(rt.device, rt.amp):
                 _, loss = model(x, y)
-            loss = loss / grad_accum
+            loss = loss / run.grad_accum
             loss_accum += loss.detach()
             loss.backward()
-        train_loss = all_reduce_mean(loss_accum, world).item()
+        train_loss = all_reduce_mean(loss_accum, rt.world).item()
         norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip or float("inf")).item()
         if not (math.isfinite(train_loss) and math.isfinite(norm)):
             raise TrainingDiverged(f"non-finite {'grad norm' if math.isfinite(train_loss) else 'loss'} "
@@ -279,31 +171,140 @@ def train(args, ddp: bool, rank: int, world: int, device: str) -> None:
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.step()
-        if device_type == "cuda":
+        if rt.device_type == "cuda":
             torch.cuda.synchronize()
         dt = time.time() - t0
         train_time += dt
         step_seconds.append(dt)
-        if master:
-            append_lines(out / "log.txt", [format_event(step, "train", train_loss)])
-        say(f"step {step:5d} | loss {train_loss:.6f} | lr {lr:.4e} | norm {norm:.4f} | "
-            f"dt {dt * 1000:.2f}ms | tok/sec {cfg.total_batch / dt:,.0f}")
+        if rt.master:
+            append_lines(run.out_dir / "log.txt", [format_event(step, "train", train_loss)])
+        rt.say(f"step {step:5d} | loss {train_loss:.6f} | lr {lr:.4e} | norm {norm:.4f} | "
+               f"dt {dt * 1000:.2f}ms | tok/sec {cfg.total_batch / dt:,.0f}")
         bar.update(1)
-        if step == kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
 
-    if master:  # ---- final and best values against GPT-2 / GPT-3
-        table = write_summary(
-            out, model=cfg.model, preset=cfg.preset, params=n_params, tokens_per_step=cfg.total_batch,
-            hellaswag_n=len(hellaswag) if hellaswag is not None else None,
-            step_seconds=step_seconds,
-            train_time=time_before["train"] + train_time, wall_time=time_before["wall"] + time.time() - wall_start,
-            final_checkpoint=rundir.checkpoint_path(out, cfg.max_steps).name,
-            flops_per_token=flops_per_token(n_params, model_config.n_layer, model_config.n_embd, cfg.seq_len),
-            peak=peak_flops(device, world))
-        tqdm.write("\n" + table)
-    del lock  # the run directory's lock is held until here
+    if rt.master:
+        summarize(run, raw_model, data, step_seconds, time_before["train"] + train_time,
+                  time_before["wall"] + time.time() - wall_start, rt)
+    rundir.release()
+
+
+# ----------------------------------------------------------------------------- setup
+
+def open_data(cfg: tc.TrainConfig, model_config, rt: Runtime) -> Data:
+    """This process's loaders (its rank's share of each batch), the val steps that give --val-tokens without
+    reading a batch twice, and the HellaSwag examples (where a file is found)."""
+    loader_args = dict(rank=rt.rank, world_size=rt.world, seed=cfg.seed, vocab_size=model_config.vocab_size)
+    train_loader = ShardLoader(cfg.data, "train", cfg.micro_batch, cfg.seq_len, order=cfg.order, **loader_args)
+    val_loader = ShardLoader(cfg.data, "val", cfg.micro_batch, cfg.seq_len, shuffle=False, **loader_args)
+    val_steps = tc.val_steps(cfg, rt.world)
+    if val_steps > val_loader.steps_per_epoch:  # the loader would wrap: tokens counted twice
+        raise UserError(f"--val-tokens {cfg.val_tokens:,} asks for {val_steps} val steps of {rt.world} x "
+                        f"{cfg.micro_batch} x {cfg.seq_len}, but {cfg.data} holds {val_loader.steps_per_epoch}; "
+                        "ask for fewer")
+    hellaswag = None if cfg.no_hellaswag else find_examples(cfg.hellaswag, cfg.hellaswag_limit, rt.device,
+                                                            note=rt.say, conventions=("seed",))[0]
+    return Data(train_loader, val_loader, val_steps, hellaswag, get_encoding(), cfg.prompt)
+
+
+def build_model(run: tc.Run, train_loader: ShardLoader, rt: Runtime):
+    """(the seeded GPT, its AdamW, the seconds {"train", "wall"} of the run's earlier sessions), restored with
+    the data position and the RNGs from the checkpoint a resumed run continues."""
+    cfg = run.config
+    seed_everything(cfg.seed)
+    if rt.device_type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32
+    model = GPT(run.model).to(rt.device)
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, betas=(0.9, 0.95), eps=1e-8,
+                                           device_type=rt.device_type)
+    saved = run.rundir.restore(model, optimizer, train_loader)  # {} for a new run
+    try:
+        time_before = {"train": float(saved.get("train_time", 0.0)), "wall": float(saved.get("wall_time", 0.0))}
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{run.resume_from} cannot be resumed: its saved state is malformed ({e})") from e
+    return model, optimizer, time_before
+
+
+def claim(run: tc.Run, raw_model: GPT, overwrite: bool, rt: Runtime) -> None:
+    """Make the run directory this run's (rank 0, while the others wait): room for a checkpoint, the lock, the
+    lineage (a rewind sets the later checkpoints aside)."""
+    cfg = run.config
+    if rt.master:  # a full checkpoint (weights + AdamW's two moments) must fit before hours of training
+        weights = sum(p.numel() * p.element_size() for p in raw_model.parameters())
+        check_space(run.rundir.path(cfg.max_steps), 3 * weights, "the checkpoint")
+    run.rundir.claim({"model": cfg.model, "preset": cfg.preset, "config": run.model.to_dict(),
+                      "train_config": asdict(cfg)}, overwrite, rt.say)
+    if run.resume_from is not None:
+        rt.say(f"resumed from {run.resume_from} at step {run.rundir.start}")
+    rt.barrier()
+
+
+def wrap(raw_model: GPT, cfg: tc.TrainConfig, rt: Runtime):
+    """(the model the loop calls, whether it is compiled): torch.compile (default: on CUDA) and DDP as the run
+    asks; an eager CPU run gets the CPU kernels (models/gpt_kernels.py)."""
+    compiled = rt.device_type == "cuda" if cfg.compile is None else cfg.compile
+    model = torch.compile(raw_model) if compiled else raw_model
+    if rt.ddp:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[int(rt.device.split(":")[1])] if rt.device_type == "cuda" else None)
+    if rt.device_type == "cpu" and not compiled:  # eager CPU only: under torch.compile the plain loss is traced
+        use_cpu_kernels(raw_model)  # after DDP, which would expect a sparse gradient from a sparse embedding
+    return model, compiled
+
+
+def say_banner(run: tc.Run, raw_model: GPT, data: Data, compiled: bool, rt: Runtime) -> None:
+    cfg = run.config
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in raw_model.state_dict().values()}
+    model_mb = sum(storages.values()) / 2**20  # the tied head shares the embedding's storage
+    rt.say(f"{cfg.model} ({cfg.preset}): {raw_model.num_params():,} params | {rt.world} process(es) on {rt.device} | "
+           f"batch {cfg.total_batch:,} tokens = {cfg.micro_batch} x {cfg.seq_len} x {run.grad_accum} accum x "
+           f"{rt.world} | {cfg.max_steps} steps | val {data.val_steps * cfg.micro_batch * cfg.seq_len * rt.world:,} "
+           f"tokens | order {cfg.order} | amp {rt.amp} | compile {compiled} | out {run.out_dir}")
+    rt.say(f"checkpoints every {cfg.eval_every} steps, the last model_{cfg.max_steps:05d}.pt: ~{model_mb:,.0f} MB "
+           f"each, ~{3 * model_mb:,.0f} MB for the newest {cfg.full_checkpoints or 'all'} (with the AdamW state)")
+
+
+# ----------------------------------------------------------------------------- evaluation and summary
+
+def evaluate(step: int, model, data: Data, out: Path, rt: Runtime) -> float:
+    """Val loss, HellaSwag and 4 samples at ``step``, which rank 0 appends to out-dir's log.txt and samples.txt;
+    returns the val loss. ``model`` may be compiled or DDP-wrapped."""
+    val_loss = evaluate_loss(model, data.val, data.val_steps, rt.device, rt.amp, rt.world)
+    rt.say(f"step {step:5d} | val loss {val_loss:.4f}")
+    lines = [format_event(step, "val", val_loss)]
+    if data.hellaswag is not None:
+        result = evaluate_hellaswag(unwrap(model), data.hellaswag, device=rt.device, amp=rt.amp, rank=rt.rank,
+                                    world_size=rt.world, progress=False)
+        rt.say(f"step {step:5d} | hellaswag acc_norm {result['acc_norm']:.4f} (acc {result['acc']:.4f}, "
+               f"n={result['n']})")
+        lines.append(format_event(step, "hella", result["acc_norm"]))
+    texts = samples(unwrap(model), data, rt)
+    if rt.master:
+        append_lines(out / "log.txt", lines)
+        for i, text in enumerate(texts):
+            rt.say(f"sample {i}: {text!r}")
+        append_lines(out / "samples.txt", [f"=== step {step} ==="] + [f"[{i}] {text}" for i, text in enumerate(texts)])
+    return val_loss
+
+
+def samples(model: GPT, data: Data, rt: Runtime) -> list[str]:
+    """4 continuations of the prompt, 32 tokens with it, top-k 50, seeded per rank."""
+    prompt_len = len(data.enc.encode(data.prompt)) if data.prompt else 1
+    return sample_texts(model, data.enc, data.prompt, 4, max(1, 32 - prompt_len), top_k=50, seed=42 + rt.rank,
+                        device=rt.device, amp=rt.amp)
+
+
+def summarize(run: tc.Run, raw_model: GPT, data: Data, step_seconds: list[float], train_time: float,
+              wall_time: float, rt: Runtime) -> None:
+    """Final and best values against GPT-2 / GPT-3: summary.json and its table."""
+    cfg, n_params = run.config, raw_model.num_params()
+    table = write_summary(
+        run.out_dir, model=cfg.model, preset=cfg.preset, params=n_params, tokens_per_step=cfg.total_batch,
+        hellaswag_n=len(data.hellaswag) if data.hellaswag is not None else None, step_seconds=step_seconds,
+        train_time=train_time, wall_time=wall_time, final_checkpoint=run.rundir.path(cfg.max_steps).name,
+        flops_per_token=flops_per_token(n_params, run.model.n_layer, run.model.n_embd, cfg.seq_len),
+        peak=peak_flops(rt.device, rt.world))
+    tqdm.write("\n" + table)
 
 
 def cli() -> None:

@@ -3,25 +3,8 @@
     python pruning/wanda.py --ckpt logs/gpt2-gpt2-124m/model_19073.pt --data data/edu_fineweb10B --out pruned.pt
     python pruning/wanda.py --hf gpt2 --data data/edu_fineweb10B --nm 2:4 --method magnitude-layer
 
-The command line of pruning/methods.py, which this module re-exports (prune_wanda, prune_magnitude, PRUNERS).
-
-Wanda scores every weight of a Linear by S_ij = |W_ij| * ||X_j||_2, where X_j is the j-th input
-feature of that layer over all calibration tokens, and zeros the lowest scores of each output row:
-int(in * sparsity) of them, or with N:M the N lowest of every M consecutive inputs. It runs block by
-block: the calibration activations go through the already pruned blocks 0..k-1, the input norms of
-every Linear of block k are gathered with forward hooks in one pass of the dense block, the block is
-pruned, and the pruned block produces the inputs of block k+1. Only the Linears inside the blocks
-are pruned (never embeddings, LayerNorms, biases or the tied head); kept weights are unchanged.
-
-NdLinear (NdGPT-2's MLP): each factor ``align_layers[i]`` is scored with the norms of its own input
-(the tensor with mode i moved last). Factors too small to prune (1 -> 2, 2 -> 1, or fewer inputs
-than M) stay dense and the report says so.
-
-Magnitude baselines, no calibration, S_ij = |W_ij|:
-  magnitude-layer  one threshold over the whole layer (the Wanda authors' prune_magnitude, the
-                   paper's baseline);
-  magnitude-row    the lowest of each output row (Wanda's groups; `--method magnitude`, deprecated).
-With N:M both are the same mask (groups of M inputs). See pruning/masks.py.
+The command line of pruning/methods.py (described below), which this module re-exports (prune_wanda,
+prune_magnitude, PRUNERS).
 """
 
 from __future__ import annotations
@@ -36,6 +19,7 @@ if __name__ == "__main__":
 
 from evaluation.evaluator import add_hellaswag_args
 from evaluation.report import describe_block, read_report
+from pruning import methods
 from pruning.common import Setup, add_setup_args, check_setup
 from pruning.masks import check_pruning_args, parse_nm
 from pruning.methods import GROUPS, PRUNERS, prune_magnitude, prune_wanda
@@ -50,7 +34,7 @@ DEPRECATED_METHODS = {"magnitude": "magnitude-row"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = ArgumentParser(prog=PROG, description=__doc__,
+    ap = ArgumentParser(prog=PROG, description=f"{__doc__}\n{methods.__doc__}",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_setup_args(ap)
     ap.add_argument("--method", choices=[*PRUNERS, *DEPRECATED_METHODS], default="wanda",

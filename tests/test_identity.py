@@ -401,3 +401,19 @@ def test_generate_shows_progress_and_a_dash_value_hint(capsys, tmp_path):
     assert code == 0 and "40/40" in err, err  # a token-level bar: a huge --max-new-tokens shows its ETA
     code, _, err = run_cli(capsys, main, "generate.py", "--ckpt", "-lead.pt")
     assert code == 2 and "--ckpt=VALUE" in err
+
+
+def test_compare_refuses_one_training_log_twice(tmp_path, capsys):
+    from experiment.compare import main
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "log.txt").write_text("0 val 10.0\n0 train 10.0\n1 train 9.0\n")
+        (tmp_path / name / "run.json").write_text(json.dumps({"run_id": "same", "train_config": {"total_batch": 8}}))
+    code, _, err = run_cli(capsys, main, "compare.py", tmp_path / "a" / "log.txt", tmp_path / "a" / "log.txt",
+                           "--out-dir", tmp_path / "p")
+    assert code == 2 and "are the same run" in err, err
+    code, _, err = run_cli(capsys, main, "compare.py", tmp_path / "a" / "log.txt", tmp_path / "b" / "log.txt",
+                           "--out-dir", tmp_path / "p")  # a copied run directory: the same run_id
+    assert code == 2 and "run_id same" in err, err
+    assert not (tmp_path / "p").exists()

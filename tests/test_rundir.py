@@ -1,5 +1,6 @@
-"""A run directory belongs to one run (utils/rundir.py through experiment/train_gpt.py): the lock against a
-second writer, the lineage after a rewind, the checkpoint policy, --keep-checkpoints and --overwrite."""
+"""A run directory belongs to one run (utils/rundir.py through experiment/train_gpt.py): the resume rules, the
+RunDir object both trainers use (restore, save), the lock against a second writer, the lineage after a rewind,
+the checkpoint policy, --keep-checkpoints and --overwrite. train_vit.py's use of it: tests/test_vit.py."""
 
 from __future__ import annotations
 
@@ -33,6 +34,65 @@ def test_policy_keeps_newest_and_strips_older_to_the_model(tmp_path):
     assert [s for s in sorted(kept) if is_resumable(kept[s])] == [12, 16]
     assert kept[4]["step"] == 4 and set(kept[4]["model"]) == {"weight", "bias"}  # still a model checkpoint
     assert rundir.newest_resumable(tmp_path)[0].name == "model_00016.pt"
+
+
+def test_resume_rules(tmp_path):
+    """A new run writes into --out-dir or the default; --resume PATH continues in PATH's directory unless
+    --out-dir names another; a plain --resume takes the newest resumable checkpoint there."""
+    _tiny_checkpoints(tmp_path / "a", [0, 4])
+    default = tmp_path / "default"
+    assert rundir.locate(rundir.GPT, None, None, default) == (default, None, None)
+    assert rundir.locate(rundir.GPT, None, str(tmp_path / "b"), default)[0] == tmp_path / "b"
+    out, path, ckpt = rundir.locate(rundir.GPT, str(tmp_path / "a" / "model_00000.pt"), None, default)
+    assert (out, path, ckpt["step"]) == (tmp_path / "a", tmp_path / "a" / "model_00000.pt", 0)
+    assert rundir.locate(rundir.GPT, str(path), str(tmp_path / "c"), default)[0] == tmp_path / "c"
+    out, path, ckpt = rundir.locate(rundir.GPT, "latest", str(tmp_path / "a"), default)
+    assert (path.name, ckpt["step"]) == ("model_00004.pt", 4)
+    with pytest.raises(UserError, match="no checkpoint model_NNNNN.pt in"):
+        rundir.locate(rundir.GPT, "latest", None, default)
+    with pytest.raises(UserError, match="cannot be combined with --resume"):
+        rundir.locate(rundir.GPT, "latest", None, default, overwrite=True)
+    rundir.apply_policy(tmp_path / "a", keep=0, full=1)
+    with pytest.raises(UserError, match="model_00000.pt is a model-only checkpoint"):
+        rundir.locate(rundir.GPT, str(tmp_path / "a" / "model_00000.pt"), None, default)
+
+
+def test_run_dir_saves_what_it_restores(tmp_path):
+    """save() writes the live model, optimizer, data position and RNGs with the run id; restore() puts them
+    back into fresh objects, keeps the run id and returns the other fields."""
+    from utils.loader import ShardLoader
+    from utils.shards import write_shards
+
+    write_shards(tmp_path / "d", {"corpus": "x", "prefix": "t", "shard_size": 1000},
+                 [("val", ["one two three"] * 4), ("train", ["four five six seven"] * 40)])
+
+    def live():
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        model.config = type("C", (), {"to_dict": lambda self: {"n": 3}})()
+        return model, torch.optim.AdamW(model.parameters(), lr=0.1), ShardLoader(tmp_path / "d", "train", 2, 4)
+
+    model, optimizer, loader = live()
+    first = rundir.RunDir(tmp_path / "run", keep=0, full=1)
+    assert first.restore(model, optimizer, loader) == {}
+    model(torch.ones(3)).sum().backward()
+    optimizer.step()
+    loader.next_batch()
+    first.claim({"model": "x", "preset": "p", "config": {"n": 3}}, say=print)
+    first.save(4, model_name="x", val_loss=1.5)
+    first.release()
+    expected_next = torch.rand(1)  # what the global RNG draws next after checkpoint 4
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["run_id"] == first.run_id
+
+    path, ckpt = rundir.newest_resumable(tmp_path / "run")
+    again = rundir.RunDir(tmp_path / "run", rundir.GPT, path, ckpt)
+    model2, optimizer2, loader2 = live()
+    assert again.restore(model2, optimizer2, loader2)["val_loss"] == 1.5 and again.run_id == first.run_id
+    assert torch.equal(model2.weight, model.weight) and torch.equal(torch.rand(1), expected_next)
+    assert optimizer2.state_dict()["state"][0]["step"] == 1 and loader2.state_dict() == loader.state_dict()
+    broken = rundir.RunDir(tmp_path / "run", rundir.GPT, path, {**ckpt, "optimizer": {"state": {}}})
+    with pytest.raises(UserError, match="cannot be resumed: its saved state is malformed"):
+        broken.restore(*live())
 
 
 @pytest.mark.slow

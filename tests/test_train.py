@@ -13,7 +13,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -143,13 +145,38 @@ def test_loss_falls_and_outputs(reference_run):
     assert summary["tokens_seen"] == 12 * 2 * 2 * 32 and summary["final_checkpoint"] == "model_00012.pt"
 
 
+def kill_during_run(repo_root, out, data, after_step: int, held_at: int) -> tuple[int, Path]:
+    """Start the tiny run and SIGKILL it from here once log.txt holds its train step ``after_step``: (exit code,
+    the gate). The gate, a FIFO where the run writes checkpoint ``held_at`` first (its temp file), holds the
+    run there (opening a FIFO for writing waits for a reader), so the kill lands before that checkpoint
+    exists however late this process sees the line; the FIFO is made while the run still imports torch."""
+    out.mkdir()
+    child = subprocess.Popen([sys.executable, SCRIPT, *TINY, "--out-dir", str(out), "--no-hellaswag", "--data",
+                              str(data)], cwd=repo_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gate = out / f".model_{held_at:05d}.pt.{child.pid}.tmp"
+    os.mkfifo(gate)
+    try:
+        deadline = time.time() + 300
+        log = out / "log.txt"
+        while not (log.is_file() and re.search(rf"^{after_step} train ", log.read_text(), re.MULTILINE)):
+            assert child.poll() is None, f"the run ended before step {after_step} (exit {child.returncode})"
+            assert time.time() < deadline, f"the run did not reach step {after_step}"
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    return child.returncode, gate
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(repo_root, corpus, reference_run, tmp_path):
     out = tmp_path / "run"
-    killed = train(repo_root, out, data=corpus, env={"NDGPT2_KILL_AFTER_STEP": "10"})
-    assert killed.returncode == -signal.SIGKILL
-    # the newest checkpoint is corrupt (as if the disk filled up) and a torn temp file lies next to it:
-    # resume must fall back to model_00004.pt and still reproduce the uninterrupted run exactly
+    code, gate = kill_during_run(repo_root, out, corpus, after_step=10, held_at=12)
+    assert code == -signal.SIGKILL
+    assert sorted(p.name for p in out.glob("model_*.pt")) == ["model_00000.pt", "model_00004.pt", "model_00008.pt"]
+    # the newest checkpoint is corrupt (as if the disk filled up) and the killed writer's temp file (the gate)
+    # lies next to it: resume must fall back to model_00004.pt and still reproduce the uninterrupted run exactly
     newest = out / "model_00008.pt"
     newest.write_bytes(newest.read_bytes()[:1000])
     (out / ".model_00012.pt.999.tmp").write_bytes(b"partial")
@@ -158,7 +185,7 @@ def test_resume_after_sigkill_is_bit_identical(repo_root, corpus, reference_run,
                              cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "skipping unreadable checkpoint" in resumed.stderr
-    assert not (out / ".model_00012.pt.999.tmp").exists()
+    assert not (out / ".model_00012.pt.999.tmp").exists() and not gate.exists()
     assert (out / "log.txt").read_text() == (reference_run / "log.txt").read_text()
     assert (out / "samples.txt").read_text() == (reference_run / "samples.txt").read_text()
     a = load_checkpoint(out / "model_00012.pt")["model"]
@@ -306,7 +333,10 @@ def test_bad_input_in_process(corpus, reference_run, tmp_path):
     assert "--n-embd cannot change on resume" in _user_error(*run, "--resume", "--n-embd", "64", *ok)
     assert "--seed cannot change on resume" in _user_error(*run, "--resume", "--seed", "8")
     assert "before the checkpoint's step 12" in _user_error(*run, "--resume", "--max-steps", "10")
-    assert "--allow-data-change" in _user_error(*run, "--resume", "--data", tmp_path)
+    other_data = tmp_path / "other_data"  # other text: another fingerprint
+    write_shards(other_data, {"corpus": "y", "prefix": "t", "shard_size": 1000},
+                 [("val", ["one two three"] * 4), ("train", ["four five"] * 8)])
+    assert "--allow-data-change" in _user_error(*run, "--resume", "--data", other_data)
     assert "model-only" in _user_error("--resume", reference_run / "model_00000.pt")
     # another run's directory: refused for a new run and for a resume that names it as --out-dir
     assert "already holds a run of gpt2 (smoke), another config" in _user_error(*run, "--n-embd", "64", *ok)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import re
 import subprocess
 import sys
 
@@ -213,11 +215,14 @@ def test_train_then_test_and_resume(repo_root, tmp_path):
         return [int(line.split()[0]) for line in log.read_text().splitlines()]
     assert epochs(part / "log.txt") == [1] * 4 + [2] * 4  # one record per epoch across the resume
 
-    # a resumed run never writes into another run's directory ...
-    before = {p.name: p.stat().st_mtime_ns for p in full.iterdir()}
+    # a resumed run never writes into another run's directory (only its lock file is touched) ...
+    def files(directory):
+        return {p.name: p.stat().st_mtime_ns for p in directory.iterdir() if p.name != ".lock"}
+    before = files(full)
     r = run(repo_root, "train_vit.py", "--resume", str(part / "model_001.pt"), "--out-dir", str(full), *SMALL_RUN)
-    assert r.returncode == 2 and "holds the checkpoints of another run" in r.stderr and "Traceback" not in r.stderr
-    assert {p.name: p.stat().st_mtime_ns for p in full.iterdir()} == before
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"{full} already holds a run of ndvit (synthetic)" in r.stderr and f"continue in {part}" in r.stderr
+    assert files(full) == before
     # ... continues in an empty one with the record up to its checkpoint ...
     r = run(repo_root, "train_vit.py", "--resume", str(part / "model_001.pt"), "--out-dir", str(tmp_path / "branch"),
             "--epochs", "2", *SMALL_RUN)
@@ -293,3 +298,70 @@ def test_in_process_errors(tmp_path):
         torch.save(ckpt, broken)
         with pytest.raises(UserError, match=f"not a checkpoint train_vit.py can resume: {field} missing"):
             train_vit.main(["--resume", str(broken), "--synthetic-size", "8", "8"])
+
+
+TINY_RUN = ["--synthetic-size", "16", "8", "--width", "16", "--depth", "1", "--heads", "2", "--batch-size", "8",
+            "--device", "cpu"]
+
+
+def _epochs(out) -> list[int]:
+    return [int(line.split()[0]) for line in (out / "log.txt").read_text().splitlines()]
+
+
+def _dead_pid() -> str:
+    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+
+
+def test_run_directory_is_train_gpts(tmp_path, capsys):
+    """train_vit.py's run directory is utils/rundir.py's, with train_gpt.py's guarantees: a run id in run.json
+    and every checkpoint, the lock, a plain --resume past a corrupt newest checkpoint (which a rewind sets
+    aside), a dead writer's temp file removed and a live one's kept."""
+    from experiment import train_vit
+    from utils import rundir
+
+    out = tmp_path / "run"
+    train_vit.main([*TINY_RUN, "--epochs", "2", "--out-dir", str(out)])
+    run_id = json.loads((out / "run.json").read_text())["run_id"]
+    assert [torch.load(p, weights_only=True)["run_id"] for p in sorted(out.glob("model_*.pt"))] == [run_id] * 2
+
+    held = rundir.lock(out)  # another process writing into the run
+    busy = re.escape(f"{out} is in use by another training process (PID {os.getpid()})")
+    try:
+        with pytest.raises(UserError, match=busy):
+            train_vit.main([*TINY_RUN, "--epochs", "3", "--out-dir", str(out), "--resume"])
+    finally:
+        held.close()
+
+    newest = out / "model_002.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    stale, live = out / f".model_003.pt.{_dead_pid()}.tmp", out / f".x.pt.{os.getpid()}.tmp"
+    stale.write_bytes(b"partial")
+    live.write_bytes(b"in flight")
+    capsys.readouterr()
+    train_vit.main([*TINY_RUN, "--epochs", "3", "--out-dir", str(out), "--resume"])
+    printed = capsys.readouterr()
+    assert "skipping unreadable checkpoint" in printed.err and f"resumed from {out / 'model_001.pt'}" in printed.out
+    assert "rewound to epoch 1" in printed.out and [p.name for p in out.glob("abandoned/*/*.pt")] == ["model_002.pt"]
+    assert not stale.exists() and live.exists()
+    assert sorted(p.name for p in out.glob("model_*.pt")) == ["model_001.pt", "model_002.pt", "model_003.pt"]
+    assert _epochs(out) == [1] * 4 + [2] * 4 + [3] * 4
+    assert {torch.load(p, weights_only=True)["run_id"] for p in out.glob("model_*.pt")} == {run_id}
+
+
+def test_a_new_run_refuses_a_foreign_run_unless_overwrite(tmp_path):
+    from experiment import train_vit
+
+    gpt_run = tmp_path / "gpt"
+    gpt_run.mkdir()
+    (gpt_run / "run.json").write_text(json.dumps({"model": "gpt2", "preset": "smoke", "config": {"n_layer": 2}}))
+    (gpt_run / "log.txt").write_text("0 val 10.0\n0 train 10.0\n")
+    with pytest.raises(UserError, match="already holds a run of gpt2 \\(smoke\\), another config; pass --resume"):
+        train_vit.main([*TINY_RUN, "--epochs", "1", "--out-dir", str(gpt_run)])
+    assert (gpt_run / "log.txt").read_text() == "0 val 10.0\n0 train 10.0\n" and not list(gpt_run.glob("*.pt"))
+    with pytest.raises(UserError, match="--overwrite starts a new run; it cannot be combined with --resume"):
+        train_vit.main([*TINY_RUN, "--out-dir", str(gpt_run), "--resume", "--overwrite"])
+
+    train_vit.main([*TINY_RUN, "--epochs", "1", "--out-dir", str(gpt_run), "--overwrite"])
+    assert json.loads((gpt_run / "run.json").read_text())["model"] == "vit"
+    assert _epochs(gpt_run) == [1] * 4 and [p.name for p in gpt_run.glob("*.pt")] == ["model_001.pt"]

@@ -1,58 +1,86 @@
-"""The run config of experiment/train_gpt.py: every hyperparameter in one dataclass, the presets as
-instances of it, flags applied in one place, the lr schedule and the batch arithmetic.
+"""The run config of experiment/train_gpt.py: every hyperparameter in one dataclass (a field and its flag in
+one place), the presets as instances of it, the run settled once from the flags (``settle``), the lr
+schedule and the batch arithmetic.
 
 A checkpoint stores ``asdict(config)``; ``--resume`` rebuilds the config from it and applies only the
-flags given again. The fields in FROZEN_ON_RESUME define the model and the token stream and cannot change.
+flags given again. The fields marked frozen (FROZEN_ON_RESUME) define the model and the token stream and
+cannot change. The run-control flags (RunControl: where to write, what to resume, which device) are no
+part of the config.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from utils import rundir
-from utils.checkpoint import config_from_dict, gpt_config_from_dict, is_resumable, load_checkpoint
+from utils.checkpoint import config_from_dict, gpt_config_from_dict
 from utils.cli import REPO, UserError, nonneg_float, nonneg_int, positive_float, positive_int
 from utils.identity import data_fingerprint
-from utils.shards import read_manifest
+from utils.loader import default_order
+from utils.shards import prepare_builtin_corpus, read_manifest
+from utils.tokenizer import get_encoding
+
+if TYPE_CHECKING:
+    from models import GPTConfig
+    from utils.runtime import Runtime
 
 BUILTIN_DATA = REPO / "data" / "builtin"
+
+
+def hyperparameter(default, kind, help: str | None = None, *, frozen: bool = False):
+    """A TrainConfig field with its flag among train_gpt.py's hyperparameters: --name-with-dashes, argparse
+    ``type=kind`` and ``help``; ``frozen``: it cannot change on resume."""
+    return field(default=default, metadata={"type": kind, "help": help, "frozen": frozen})
+
+
+def frozen_field(default):
+    """A TrainConfig field that cannot change on resume (its flag is written out in train_gpt.py)."""
+    return field(default=default, metadata={"frozen": True})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     # the model: a name of models.MODEL_NAMES; sizes None = the model's own (GPT-2 124M: 12/12/768/1024)
-    model: str = "gpt2"
-    n_layer: int | None = None
-    n_head: int | None = None
-    n_embd: int | None = None
-    block_size: int | None = None
+    model: str = frozen_field("gpt2")
+    n_layer: int | None = hyperparameter(None, positive_int, frozen=True)
+    n_head: int | None = hyperparameter(None, positive_int, frozen=True)
+    n_embd: int | None = hyperparameter(None, positive_int, frozen=True)
+    block_size: int | None = hyperparameter(None, positive_int, "the model's context length (smoke 64, gpt2-124m "
+                                            "1024)", frozen=True)
     # the token stream
-    preset: str = "gpt2-124m"
+    preset: str = frozen_field("gpt2-124m")
     data: str | None = None  # token shard directory; None = the builtin corpus (prepared on first use)
-    order: str | None = None  # "shards" | "windows"; None = utils.loader.default_order(data)
-    seed: int = 1337
-    micro_batch: int = 64  # sequences per forward per process
-    seq_len: int = 1024
-    total_batch: int | None = 524_288  # tokens per optimizer step; None = two micro-batches of one process
+    order: str | None = frozen_field(None)  # "shards" | "windows"; None = utils.loader.default_order(data)
+    seed: int = frozen_field(1337)
+    micro_batch: int = hyperparameter(64, positive_int, "sequences per forward per process", frozen=True)
+    seq_len: int = hyperparameter(1024, positive_int, "tokens per sequence (T), at most the model's block size",
+                                  frozen=True)
+    total_batch: int | None = hyperparameter(  # None = two micro-batches of one process
+        524_288, positive_int, "tokens per optimizer step (gradient accumulation fills it)", frozen=True)
     # optimisation (GPT-3 small, as in build-nanogpt)
-    max_steps: int = 19_073
-    warmup_steps: int = 715
-    lr: float = 6e-4
-    min_lr: float = 6e-5
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0  # 0 = no clipping
+    max_steps: int = hyperparameter(19_073, positive_int)
+    warmup_steps: int = hyperparameter(715, nonneg_int)
+    lr: float = hyperparameter(6e-4, positive_float, "max learning rate")
+    min_lr: float = hyperparameter(6e-5, nonneg_float)
+    weight_decay: float = hyperparameter(0.1, nonneg_float)
+    grad_clip: float = hyperparameter(1.0, nonneg_float, "max grad norm (0 = no clipping)")
     # evaluation and checkpoints
-    eval_every: int = 250
-    val_tokens: int = 20 * 64 * 1024 * 8  # per evaluation, over all processes (build-nanogpt's 10,485,760)
+    eval_every: int = hyperparameter(250, positive_int)
+    val_tokens: int = hyperparameter(  # per evaluation, over all processes (build-nanogpt's 10,485,760)
+        20 * 64 * 1024 * 8, positive_int, "val tokens per evaluation over all processes, whatever their number "
+                                          "(smoke 5,120; gpt2-124m 10,485,760)")
     hellaswag: str | None = None  # jsonl; None = data/hellaswag or ../shared/data when found
     hellaswag_limit: int | None = None
     no_hellaswag: bool = False
     prompt: str = "Hello, I'm a language model,"
-    keep_checkpoints: int = 0  # keep only the newest K snapshots (0 = all)
-    full_checkpoints: int = 2  # the newest K keep the optimizer/data/RNG state --resume needs (0 = all)
+    keep_checkpoints: int = hyperparameter(0, nonneg_int, "keep only the newest K checkpoints (0 = keep all)")
+    full_checkpoints: int = hyperparameter(2, nonneg_int, "the newest K checkpoints keep the optimizer/data/RNG "
+                                                          "state --resume needs, older ones only the model (default "
+                                                          "2; 0 = all)")
     # runtime choices a resume keeps (None = the device's default: utils.precision; compile on CUDA)
     amp: bool | None = None
     compile: bool | None = None
@@ -67,25 +95,35 @@ TRAIN_PRESETS = {
 }
 FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 MODEL_SHAPE = ("n_layer", "n_head", "n_embd", "block_size")
-FROZEN_ON_RESUME = ("model", "preset", *MODEL_SHAPE, "seq_len", "micro_batch", "total_batch", "order", "seed")
+FROZEN_ON_RESUME = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("frozen"))
 
 
-HYPERPARAMETER_FLAGS = [  # (field, argparse type, help) of experiment/train_gpt.py's hyperparameter flags
-    ("max_steps", positive_int, None), ("warmup_steps", nonneg_int, None), ("eval_every", positive_int, None),
-    ("micro_batch", positive_int, "sequences per forward per process"),
-    ("seq_len", positive_int, "tokens per sequence (T), at most the model's block size"),
-    ("total_batch", positive_int, "tokens per optimizer step (gradient accumulation fills it)"),
-    ("lr", positive_float, "max learning rate"), ("min_lr", nonneg_float, None),
-    ("weight_decay", nonneg_float, None), ("grad_clip", nonneg_float, "max grad norm (0 = no clipping)"),
-    ("val_tokens", positive_int, "val tokens per evaluation over all processes, whatever their number "
-                                 "(smoke 5,120; gpt2-124m 10,485,760)"),
-    ("val_batches", positive_int, "older spelling of --val-tokens: N x micro-batch x seq-len tokens"),
-    ("n_layer", positive_int, None), ("n_head", positive_int, None), ("n_embd", positive_int, None),
-    ("block_size", positive_int, "the model's context length (smoke 64, gpt2-124m 1024)"),
-    ("keep_checkpoints", nonneg_int, "keep only the newest K checkpoints (0 = keep all)"),
-    ("full_checkpoints", nonneg_int, "the newest K checkpoints keep the optimizer/data/RNG state --resume "
-                                     "needs, older ones only the model (default 2; 0 = all)"),
-]
+@dataclass(frozen=True)
+class RunControl:
+    """train_gpt.py's flags that say where and how to run, not what to train: no part of the config."""
+    out_dir: str | None = None
+    resume: str | None = None  # a checkpoint path, or "latest" (the newest resumable one in the out-dir)
+    overwrite: bool = False
+    allow_data_change: bool = False
+    device: str | None = None
+    threads: int | None = None
+
+
+def split_flags(args: dict) -> tuple[dict, RunControl]:
+    """(the config flags, the run-control flags) of train_gpt.py's parsed arguments."""
+    control = {f.name for f in dataclasses.fields(RunControl)}
+    return ({k: v for k, v in args.items() if k not in control},
+            RunControl(**{k: v for k, v in args.items() if k in control}))
+
+
+def add_hyperparameter_flags(group) -> None:
+    """A flag for every ``hyperparameter`` field of TrainConfig, and --val-batches, the older spelling of
+    --val-tokens."""
+    for f in dataclasses.fields(TrainConfig):
+        if "type" in f.metadata:
+            group.add_argument(flag(f.name), type=f.metadata["type"], help=f.metadata["help"])
+    group.add_argument("--val-batches", type=positive_int,
+                       help="older spelling of --val-tokens: N x micro-batch x seq-len tokens")
 
 
 def flag(name: str) -> str:
@@ -171,46 +209,82 @@ def model_config(cfg: TrainConfig):
         raise UserError(str(e)) from e
 
 
-def check(cfg: TrainConfig) -> None:
-    """Cross-field rules the flag types cannot see (each flag's own range is checked by argparse)."""
+def check(cfg: TrainConfig, model) -> None:
+    """Cross-field rules the flag types cannot see (each flag's own range is checked by argparse); ``model``:
+    the run's GPTConfig."""
     if cfg.min_lr > cfg.lr:
         raise UserError(f"--min-lr ({cfg.min_lr}) must not exceed --lr ({cfg.lr})")
-    if cfg.block_size is not None and cfg.seq_len > cfg.block_size:
-        raise UserError(f"--seq-len {cfg.seq_len} exceeds the model's block size {cfg.block_size}; "
+    if cfg.seq_len > model.block_size:
+        raise UserError(f"--seq-len {cfg.seq_len} exceeds the model's block size {model.block_size}; "
                         f"pass --block-size {cfg.seq_len} to train a model with a longer context")
+    special = sorted(t for t in get_encoding().special_tokens_set if t in cfg.prompt)
+    if special:  # the samples encode the prompt as plain text, where tiktoken refuses these
+        raise UserError(f"--prompt {cfg.prompt!r} contains the special token(s) {', '.join(special)}; remove them")
 
 
-def settle(flags: dict, cuda: bool, warn):
-    """(config, GPTConfig, out-dir, resume checkpoint path, checkpoint) from train_gpt.py's flags: a preset
-    with the flags given, or the resumed checkpoint's config with the flags given again. The checkpoint
-    is read once, here."""
-    fresh = from_flags(flags, TRAIN_PRESETS[flags["preset"] or ("gpt2-124m" if cuda else "smoke")])
-    path = ckpt = None
-    out = Path(flags["out_dir"] or REPO / "logs" / f"{fresh.model}-{fresh.preset}")
-    if flags["resume"] is None:
-        cfg = fresh
+@dataclass(frozen=True)
+class Run:
+    """One training run as train_gpt.py's flags describe it, settled once (``settle``)."""
+    config: TrainConfig  # complete: the data's resolved path, the data order and the model's sizes filled in
+    model: GPTConfig
+    rundir: rundir.RunDir  # its directory, and the checkpoint a resumed run continues from (until restored)
+    data_id: str  # the data's fingerprint: checkpoints name their data by content
+    grad_accum: int  # micro-steps per optimizer step for this number of processes
+
+    @property
+    def out_dir(self) -> Path:
+        return self.rundir.out
+
+    @property
+    def resume_from(self) -> Path | None:
+        return self.rundir.resume_from
+
+
+def settle(flags: dict, control: RunControl, rt: Runtime) -> Run:
+    """The run train_gpt.py's flags describe, decided once: a new run (a preset with the flags given) or a
+    resumed one (its checkpoint's config with the flags given again), its out-dir (rundir.locate: the resume
+    rules), its data (the builtin corpus prepared on first use) and data order, every rule checked before the
+    run directory is touched. The checkpoint is read once, here."""
+    preset = TRAIN_PRESETS[flags["preset"] or ("gpt2-124m" if rt.device_type == "cuda" else "smoke")]
+    default_out = REPO / "logs" / f"{flags['model'] or preset.model}-{preset.preset}"
+    out, path, ckpt = rundir.locate(rundir.GPT, control.resume, control.out_dir, default_out, control.overwrite,
+                                    rt.warn)
+    if ckpt is None:
+        cfg = from_flags(flags, preset)
+        model = model_config(cfg)
     else:
-        if flags["overwrite"]:
-            raise UserError("--overwrite starts a new run; it cannot be combined with --resume")
-        if flags["resume"] == "latest":
-            path, ckpt = rundir.newest_resumable(out, warn)
-        else:
-            path, ckpt = Path(flags["resume"]), load_checkpoint(flags["resume"], expect_kind="gpt")
-            if not is_resumable(ckpt):
-                raise UserError(f"{path} is a model-only checkpoint (no optimizer/data state); it can be "
-                                "evaluated but not resumed")
-            out = Path(flags["out_dir"] or path.parent)
-        if type(ckpt["step"]) is not int:
-            raise UserError(f"{path}: malformed step {ckpt['step']!r}; it cannot be resumed")
-        cfg = for_resume(from_checkpoint(ckpt, path), flags, flags["allow_data_change"], warn,
-                         data_id=ckpt.get("data_id"))
-        if cfg.max_steps < ckpt["step"]:
-            raise UserError(f"--max-steps {cfg.max_steps} is before the checkpoint's step {ckpt['step']}")
-    model = gpt_config_from_dict(ckpt["config"], path) if ckpt else model_config(cfg)
-    cfg = replace(cfg, data=str(Path(cfg.data or BUILTIN_DATA).resolve()),
-                  **{k: getattr(model, k) for k in MODEL_SHAPE})
-    check(cfg)
-    return cfg, model, out, path, ckpt
+        cfg = resumed_config(ckpt, path, flags, control.allow_data_change, rt.warn)
+        model = gpt_config_from_dict(ckpt["config"], path)
+    check(cfg, model)
+    grad_accum = grad_accum_steps(cfg, rt.world)
+    data = prepare_data(cfg.data, rt)
+    cfg = replace(cfg, data=data, order=cfg.order or default_order(data), **{k: getattr(model, k) for k in MODEL_SHAPE})
+    run_dir = rundir.RunDir(out, rundir.GPT, path, ckpt, keep=cfg.keep_checkpoints, full=cfg.full_checkpoints,
+                            writer=rt.master)
+    return Run(cfg, model, run_dir, data_fingerprint(data), grad_accum)
+
+
+def resumed_config(ckpt: dict, path: Path, flags: dict, allow_data_change: bool, warn) -> TrainConfig:
+    """The config of the run that checkpoint ``path`` continues, with the flags given again (``for_resume``)."""
+    if type(ckpt["step"]) is not int:
+        raise UserError(f"{path}: malformed step {ckpt['step']!r}; it cannot be resumed")
+    cfg = for_resume(from_checkpoint(ckpt, path), flags, allow_data_change, warn, data_id=ckpt.get("data_id"))
+    if cfg.max_steps < ckpt["step"]:
+        raise UserError(f"--max-steps {cfg.max_steps} is before the checkpoint's step {ckpt['step']}")
+    return cfg
+
+
+def prepare_data(data: str | None, rt: Runtime) -> str:
+    """The resolved path of the run's token shards (None: the builtin corpus, which the first process
+    prepares on first use while the others wait)."""
+    data = str(Path(data or BUILTIN_DATA).resolve())
+    if same_path(data, BUILTIN_DATA):
+        if rt.master:
+            prepare_builtin_corpus(str(BUILTIN_DATA))
+        rt.barrier()
+    if not Path(data).is_dir():
+        raise UserError(f"data directory not found: {data}")
+    return data
 
 
 def grad_accum_steps(cfg: TrainConfig, world: int) -> int:
