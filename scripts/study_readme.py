@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import sys
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evaluation.report import at_chance  # noqa: E402
 from experiment.tables import eval_seed_rows, load_reports, sparsity_deltas  # noqa: E402
 from experiment.trend import MECHANISM_HEADERS, TREND_HEADERS, mechanism_rows, plot_trend, trend_rows  # noqa: E402
-from utils.cli import ArgumentParser, UserError, run_main  # noqa: E402
+from utils.cli import REPO, ArgumentParser, UserError, run_main  # noqa: E402
 from utils.io import atomic_write, markdown_table  # noqa: E402
 
 MODELS = ("gpt2", "ndgpt2", "gpt2-mlp1536")
@@ -140,16 +141,20 @@ def trend_studies(study: Path) -> list[tuple[str, Path]]:
 
 def trend_block(study: Path) -> str:
     studies = trend_studies(study)
+
+    def shown(path: Path) -> str:  # from the repository's root, as the README links it, whatever --study looked like
+        return Path(os.path.relpath(path.resolve(), REPO)).as_posix()
+
     rows = trend_rows(studies)
     done = {row[0] for row in rows}
-    pending = [f"`{path}`" for label, path in studies if label not in done]
+    pending = [f"`{shown(path)}`" for label, path in studies if label not in done]
     out = ["Paired val-loss gap of ndgpt2 to gpt2-mlp1536 at the end of each study (524,288 held-out tokens; "
            "seed k of both models saw the same windows in the same order):", "",
            markdown_table(TREND_HEADERS, rows, n_left=2), ""]
     if pending:
         out += [f"Not finished yet: {', '.join(pending)} (`bash scripts/mini_repro.sh horizon`, `... width`).", ""]
     if rows:
-        out += [f"![gap against tokens]({study / TREND_FIGURE})", ""]
+        out += [f"![gap against tokens]({shown(study / TREND_FIGURE)})", ""]
     mechanism = mechanism_rows(studies)
     if mechanism:
         out += ["Wanda's mechanism, measured: input features of the pruned layers on the 128 calibration windows "
