@@ -75,6 +75,7 @@ def seed_convention_by_hand(model, examples) -> tuple[int, int]:
     return correct, correct_norm
 
 
+@pytest.mark.slow
 def test_test_gpt_hellaswag_both_conventions_match_independent_counts(corpus, shared_data, tmp_path, capsys):
     torch.manual_seed(1)  # a block that holds every row: no truncation in the reference
     ckpt = tmp_path / "wide.pt"

@@ -210,6 +210,7 @@ def test_seed_scores_match_brute_force(model, examples):
         torch.testing.assert_close(sums[i] / n_tokens[i], bf_means, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block_size", [64, 16])  # 16: most rows are truncated
 def test_lm_eval_convention_matches_independent_loop(examples, block_size):
     model = tiny_gpt(block_size=block_size, seed=2)

@@ -559,6 +559,7 @@ def test_cached_greedy_generation_equals_no_cache(name):
     assert cached.shape == (2, 25) and torch.equal(cached[:, :5], prompt)
 
 
+@pytest.mark.slow
 def test_cached_sampling_equals_no_cache_and_runs_one_token_per_step(sampler):
     """Temperature / top-k sampling with the same generator draws the same tokens with and without
     the cache; with it, each step after the prompt feeds one token until the context outgrows

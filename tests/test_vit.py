@@ -109,6 +109,7 @@ def test_dense_patch_embedding_reads_raster_patches():
     torch.testing.assert_close(got[0, 6], proj.weight @ patch.flatten() + proj.bias)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["vit", "ndvit"])
 def test_a_few_steps_on_synthetic_data_reduce_the_loss(name):
     # NdViT (default NdLinear init) sits near ln(10) for ~15 steps before it learns, hence 25 steps at 5e-3
