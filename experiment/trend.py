@@ -96,7 +96,7 @@ def plot_trend(studies: list[tuple[str, Path]], path: Path) -> bool:
         end, values = shape["steps"] * shape["tokens_per_step"], list(gaps.values())
         mean = statistics.fmean(values)
         ax.errorbar([end], [mean], yerr=[[mean - min(values)], [max(values) - mean]], fmt="o", color=color, ms=7,
-                    capsize=4, label=f"{label}: final held-out gap ({len(values)} seeds)")
+                    capsize=4, label=f"{label}: final held-out gap ({len(values)} seed{'s' * (len(values) > 1)})")
         drawn = True
     if not drawn:
         plt.close(fig)
