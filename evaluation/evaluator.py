@@ -21,7 +21,6 @@ from utils.precision import resolve_amp
 from utils.seed import seed_everything
 from utils.shards import prepare_builtin_corpus
 
-CONVENTION_FLAGS = ("seed", "lm-eval", "both")
 DEFAULT_VAL_BATCHES = 20  # test_gpt.py, wanda.py and sweep.py --val-batches
 
 

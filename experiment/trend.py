@@ -13,7 +13,6 @@ import statistics
 from pathlib import Path
 
 from experiment.tables import load_reports
-from utils.cli import UserError
 from utils.runlog import read_log
 
 MODEL, CONTROL = "ndgpt2", "gpt2-mlp1536"
@@ -111,12 +110,6 @@ def plot_trend(studies: list[tuple[str, Path]], path: Path) -> bool:
     fig.savefig(path, dpi=150)
     plt.close(fig)
     return True
-
-
-def check_studies(studies: list[tuple[str, Path]]) -> None:
-    for _, study in studies:
-        if study.exists() and not study.is_dir():
-            raise UserError(f"{study} is not a study directory")
 
 
 MECHANISM_HEADERS = ["study", "run", "features > 6", "features > 6 sd", "feature norm max/median",

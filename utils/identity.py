@@ -21,10 +21,9 @@ import numpy as np
 import torch
 
 from utils.cli import UserError
-from utils.shards import MANIFEST, check_finished, read_manifest
+from utils.shards import MANIFEST, check_finished, read_manifest, tokens_sha256
 
 DIGITS = 16  # 64 bits: collisions are not a concern for the few thousand artifacts of a study
-_CHUNK = 1 << 24  # tokens hashed per read of an unhashed shard
 
 
 def new_run_id() -> str:
@@ -45,14 +44,6 @@ def examples_fingerprint(examples: list[dict] | None) -> str | None:
     if not examples:
         return None
     return hashlib.sha256(json.dumps(examples, sort_keys=True).encode()).hexdigest()[:DIGITS]
-
-
-def tokens_sha256(tokens: np.ndarray) -> str:
-    """sha256 of a uint16 token array's little-endian bytes (what data/fineweb.py records per shard)."""
-    h = hashlib.sha256()
-    for start in range(0, len(tokens), _CHUNK):
-        h.update(np.ascontiguousarray(tokens[start:start + _CHUNK], dtype="<u2").data)
-    return h.hexdigest()
 
 
 _cache: dict[tuple, str] = {}

@@ -104,9 +104,18 @@ class ShardWriter:
         split = "val" if index < self.val_shards else self.split
         name = f"{self.prefix}_{split}_{index:06d}.npy"
         atomic_write(self.out_dir / name, lambda f: np.save(f, self.buffer[:self.fill]))
-        digest = hashlib.sha256(np.ascontiguousarray(self.buffer[:self.fill], dtype="<u2").data).hexdigest()
-        self.shards.append({"file": name, "split": split, "tokens": int(self.fill), "sha256": digest})
+        self.shards.append({"file": name, "split": split, "tokens": int(self.fill),
+                            "sha256": tokens_sha256(self.buffer[:self.fill])})
         self.fill = 0
+
+
+def tokens_sha256(tokens: np.ndarray, chunk: int = 1 << 24) -> str:
+    """sha256 of a token array's uint16 little-endian bytes: what the manifest records per shard, and what
+    utils/identity.py hashes from the files of a build that predates it."""
+    h = hashlib.sha256()
+    for start in range(0, len(tokens), chunk):
+        h.update(np.ascontiguousarray(tokens[start:start + chunk], dtype="<u2").data)
+    return h.hexdigest()
 
 
 def read_manifest(data_dir: str | Path) -> dict | None:
