@@ -11,7 +11,7 @@ from pathlib import Path
 from evaluation.hellaswag import CPU_HELLASWAG_LIMIT, evaluate_hellaswag, find_examples
 from evaluation.loss import evaluate_loss
 from evaluation.report import CONVENTIONS, VERSION, check_same, pass_summary, read_report
-from utils.checkpoint import load_any_gpt, load_gpt
+from utils.checkpoint import load_any_gpt, load_gpt, training_of
 from utils.cli import REPO, UserError, nonneg_int, pick_device, positive_int
 from utils.hf_export import read_provenance
 from utils.identity import data_fingerprint, examples_fingerprint, weights_fingerprint
@@ -88,18 +88,16 @@ class Evaluation:
         self.conventions = conventions_of(args.hellaswag_convention) if self.examples else ()
         if args.ckpt is not None:
             self.model, c = load_gpt(args.ckpt, self.device)
-            train = c.get("train_config") or c.get("train_args") or {}  # the latter: checkpoints before TrainConfig
-            trained_on = c.get("trained_on") or (train.get("data") if isinstance(train, dict) else None)  # pruned
-            source = str(args.ckpt)
+            training, source = training_of(c), str(args.ckpt)
         else:
             self.model, _ = load_any_gpt(None, args.hf, self.device)
             c = read_provenance(args.hf)  # what export_hf.py recorded; {} for a hub model
             c.setdefault("model_name", "gpt2" if self.model.config.mlp == "dense" else "ndgpt2")  # else: the family
-            trained_on, source = c.get("trained_on"), f"hf:{args.hf}"
+            training, source = training_of(c), f"hf:{args.hf}"
         # a pruned checkpoint pruned again keeps the record of every pass
         self.pruned_before = [*c.get("earlier_pruning", []), c["pruning"]] if "pruning" in c else []
         self.header = {"model": c.get("model_name", "gpt2"), "source": source, "step": c.get("step"),
-                       "trained_on": trained_on, "fingerprint": weights_fingerprint(self.model.state_dict()),
+                       **training, "fingerprint": weights_fingerprint(self.model.state_dict()),
                        "run_id": c.get("run_id"), "pruning": [pass_summary(p) for p in self.pruned_before],
                        "parent": c.get("parent")}
 

@@ -15,14 +15,15 @@ A report (JSON) is one of::
      "pruning": {method, sparsity, nm, mask_groups, pruned_layers, ...},
      "before": BLOCK, "after": BLOCK, "timings": {...}, "layers": [...]}     # wanda.py / sweep.py --json
 
-    HEADER = "model", "source", "step", "trained_on", "fingerprint", "run_id", "pruning", "parent"
+    HEADER = "model", "source", "step", "trained_on", "train_seed", "fingerprint", "run_id", "pruning", "parent"
 
 Identity by content (utils/identity.py): the header's "fingerprint" is the hash of the measured weights,
-"run_id" the training run they come from, "pruning" the passes that made them (empty: dense) and "parent"
-the fingerprint before the last pass; ``settings["eval"]`` holds everything the numbers of a block depend
-on, the data and HellaSwag examples by fingerprint ("data_id", "hellaswag_id") beside their paths. Reuse
-(``--before-json``, sweeps) needs an equal fingerprint and equal settings, paths aside; a report written
-before fingerprints is never reused.
+"run_id" the training run they come from ("train_seed" its seed, which pairs the runs of a seeded study;
+reports written before it have none, see experiment/tables.train_seed), "pruning" the passes that made
+them (empty: dense) and "parent" the fingerprint before the last pass; ``settings["eval"]`` holds
+everything the numbers of a block depend on, the data and HellaSwag examples by fingerprint ("data_id",
+"hellaswag_id") beside their paths. Reuse (``--before-json``, sweeps) needs an equal fingerprint and equal
+settings, paths aside; a report written before fingerprints is never reused.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.hf import is_gpt2_compatible
-from utils.checkpoint import load_gpt
+from utils.checkpoint import load_gpt, training_of
 from utils.cli import ArgumentParser, run_main
 from utils.hf_export import check_export_dir, export_hf
 from utils.identity import weights_fingerprint
@@ -58,7 +58,7 @@ def main(argv=None) -> None:
               f"tok = AutoTokenizer.from_pretrained(DIR)\n"
               f"model = AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)\n```\n\n{EPILOG}")
     provenance = {**ckpt, "model_name": name, "fingerprint": weights_fingerprint(model.state_dict()),
-                  "trained_on": ckpt.get("trained_on") or (ckpt.get("train_config") or {}).get("data")}
+                  **training_of(ckpt)}
     out = export_hf(model, args.out, readme=readme, provenance=provenance)
     print(f"{name} step {step} ({kind}) -> {out}")
 

@@ -10,7 +10,7 @@ from operator import itemgetter
 from pathlib import Path
 
 from evaluation.report import at_chance, comparable, hellaswag_cell, read_report, setting_label
-from utils.cli import UserError
+from utils.cli import REPO, UserError
 from utils.io import fmt
 from utils.runlog import RunLog
 
@@ -165,6 +165,28 @@ def run_identity(report: dict) -> tuple[str, str]:
         if report.get(key):
             return key, report[key]
     return "source", report.get("source")
+
+
+def train_seed(header: dict, where) -> int:
+    """The seed of the training run a report measured: its header's "train_seed"; for a report written before
+    headers carried it, the seed in the run.json that train_gpt.py wrote beside the measured checkpoint, which
+    must name the same model. Neither: a UserError (runs are never paired by their directory names)."""
+    if header.get("train_seed") is not None:
+        return header["train_seed"]
+    source = Path(str(header.get("source")))
+    run = next((d / "run.json" for d in (source.parent, REPO / source.parent) if (d / "run.json").is_file()), None)
+    if run is None:
+        raise UserError(f"{where}: names no training seed, and no run.json lies beside its checkpoint {source}")
+    try:
+        meta = json.loads(run.read_text(encoding="utf-8"))
+        model, seed = meta["model"], meta["train_config"]["seed"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{where}: names no training seed, and the run.json beside its checkpoint "
+                        f"{source} is not readable ({type(e).__name__})") from e
+    if model != header.get("model") or not isinstance(seed, int):
+        raise UserError(f"{where}: the run.json beside {source} is a run of {model} with seed {seed!r}, "
+                        f"not of {header.get('model')}")
+    return seed
 
 
 def eval_rows(evals: list[dict]) -> list[list[str]]:

@@ -233,7 +233,7 @@ def claim(run: tc.Run, raw_model: GPT, overwrite: bool, rt: Runtime) -> None:
         weights = sum(p.numel() * p.element_size() for p in raw_model.parameters())
         check_space(run.rundir.path(cfg.max_steps), 3 * weights, "the checkpoint")
     run.rundir.claim({"model": cfg.model, "preset": cfg.preset, "config": run.model.to_dict(),
-                      "train_config": asdict(cfg)}, overwrite, rt.say)
+                      "train_config": asdict(cfg), "data_id": run.data_id}, overwrite, rt.say)
     if run.resume_from is not None:
         rt.say(f"resumed from {run.resume_from} at step {run.rundir.start}")
     rt.barrier()

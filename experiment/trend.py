@@ -2,8 +2,9 @@
 width? The paired gap (ndgpt2 minus gpt2-mlp1536, seed by seed: both saw the same windows in the same order)
 at the end of each study, and along the val curves of its runs.
 
-A study directory holds runs/<model>-s<seed>/{log.txt,run.json,summary.json} and eval/<model>-s<seed>.json,
-as scripts/mini_repro.sh writes them (logs/mini, logs/horizon, logs/width).
+A study directory holds runs/*/{log.txt,run.json,summary.json}, eval/*.json, sweep/*/ and outliers/*.json, as
+scripts/mini_repro.sh writes them (logs/mini, logs/horizon, logs/width). Runs are paired by the model and seed
+their run.json and reports record, never by file names.
 """
 
 from __future__ import annotations
@@ -12,43 +13,95 @@ import json
 import statistics
 from pathlib import Path
 
-from experiment.tables import load_reports
+from evaluation.report import comparable
+from experiment.tables import load_reports, train_seed
+from utils.cli import UserError
 from utils.runlog import read_log
 
 MODEL, CONTROL = "ndgpt2", "gpt2-mlp1536"
 
 
-def seed_of(run_dir: Path) -> str:
-    return run_dir.name.rsplit("-s", 1)[1]
+def study_runs(study: Path) -> dict[tuple[str, int], Path]:
+    """(model, seed) -> run directory, as each run's run.json records them (not as its directory is named)."""
+    runs: dict[tuple[str, int], Path] = {}
+    for path in sorted(study.glob("runs/*/run.json")):
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        key = meta["model"], meta["train_config"]["seed"]
+        if key in runs:
+            raise UserError(f"{runs[key]} and {path.parent} are both runs of {key[0]} with seed {key[1]}")
+        runs[key] = path.parent
+    return runs
+
+
+def training(run: Path) -> dict:
+    """The run's train config, its data named by fingerprint (run.json's "data_id"); runs written before
+    run.json carried one name it by the data directory's name."""
+    meta = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    train = dict(meta["train_config"])
+    data = train.pop("data", None)
+    train["data"] = meta.get("data_id") or f"a directory named {Path(str(data)).name!r}"
+    return train
+
+
+def check_paired(model_run: Path, control_run: Path) -> None:
+    """A UserError unless the two runs trained alike apart from the model: same data, order, seed, schedule."""
+    a, b = training(model_run), training(control_run)
+    differs = sorted(k for k in set(a) | set(b) if k != "model" and a.get(k) != b.get(k))
+    if differs:
+        raise UserError(f"{model_run} and {control_run} are not a pair: they trained with different "
+                        f"{', '.join(differs)}")
+
+
+def pairs(study: Path, finished: bool = False) -> dict[int, tuple[Path, Path]]:
+    """seed -> (ndgpt2 run, gpt2-mlp1536 run) of that seed, checked to be a pair; ``finished``: both summarized."""
+    runs = study_runs(study)
+    found = {}
+    for (model, seed), run in sorted(runs.items()):
+        control = runs.get((CONTROL, seed))
+        if model != MODEL or control is None:
+            continue
+        if finished and not ((run / "summary.json").is_file() and (control / "summary.json").is_file()):
+            continue
+        check_paired(run, control)
+        found[seed] = run, control
+    return found
 
 
 def study_shape(study: Path) -> dict | None:
-    """{"n_layer", "n_embd", "steps", "tokens_per_step"} of the study's finished control runs (None: none)."""
-    for summary in sorted(study.glob(f"runs/{CONTROL}-s*/summary.json")):
-        run = json.loads((summary.parent / "run.json").read_text())
+    """{"n_layer", "n_embd", "steps", "tokens_per_step"} of the study's finished pairs (None: none)."""
+    for _, control in pairs(study, finished=True).values():
+        run = json.loads((control / "run.json").read_text(encoding="utf-8"))
         train = run["train_config"]
         return {"n_layer": run["config"]["n_layer"], "n_embd": run["config"]["n_embd"],
                 "steps": train["max_steps"], "tokens_per_step": train["total_batch"]}
     return None
 
 
-def final_gaps(study: Path) -> dict[str, float]:
-    """seed -> held-out val loss of ndgpt2 minus gpt2-mlp1536 (the final evaluations, both present)."""
-    loss: dict[tuple[str, str], float] = {}
+def final_gaps(study: Path) -> dict[int, float]:
+    """seed -> held-out val loss of ndgpt2 minus gpt2-mlp1536: the final evaluations, paired by the training
+    seed each report names, measured with the same settings (paths aside)."""
+    found: dict[tuple[str, int], dict] = {}
     for report in load_reports(sorted(study.glob("eval/*.json")), "eval"):
-        name = Path(report["path"]).stem
-        loss[name.rsplit("-s", 1)[0], name.rsplit("-s", 1)[1]] = report["metrics"]["val_loss"]
-    return {s: loss[MODEL, s] - loss[CONTROL, s] for m, s in sorted(loss) if m == MODEL and (CONTROL, s) in loss}
+        key = report["model"], train_seed(report, report["path"])
+        if key in found:
+            raise UserError(f"{found[key]['path']} and {report['path']} both evaluate {key[0]} seed {key[1]}")
+        found[key] = report
+    gaps = {}
+    for (model, seed), report in sorted(found.items()):
+        control = found.get((CONTROL, seed))
+        if model != MODEL or control is None:
+            continue
+        if comparable(report["settings"], ("eval",)) != comparable(control["settings"], ("eval",)):
+            raise UserError(f"{report['path']} and {control['path']} were measured with different settings")
+        gaps[seed] = report["metrics"]["val_loss"] - control["metrics"]["val_loss"]
+    return gaps
 
 
 def curve_gaps(study: Path) -> dict[int, list[float]]:
     """step -> the paired gap of the logged val losses (one per seed with both runs logged at that step)."""
     curves: dict[int, list[float]] = {}
-    for run in sorted(study.glob(f"runs/{MODEL}-s*/log.txt")):
-        control = study / "runs" / f"{CONTROL}-s{seed_of(run.parent)}" / "log.txt"
-        if not control.is_file():
-            continue
-        a, b = read_log(run).series["val"], read_log(control).series["val"]
+    for run, control in pairs(study).values():
+        a, b = read_log(run / "log.txt").series["val"], read_log(control / "log.txt").series["val"]
         for step in sorted(set(a) & set(b)):
             curves.setdefault(step, []).append(a[step] - b[step])
     return curves
@@ -117,20 +170,23 @@ MECHANISM_HEADERS = ["study", "run", "features > 6", "features > 6 sd", "feature
 
 
 def mechanism_rows(studies: list[tuple[str, Path]]) -> list[list[str]]:
-    """Per run with an outliers report (pruning/outliers.py) and a 70% sweep: the mean share of input features
-    beyond 6 and beyond 6 sd over the pruned layers, the median spread of Wanda's feature norms, and each
-    method's Δ val loss at 70%."""
+    """Per run with an outliers report (pruning/outliers.py): the mean share of input features beyond 6 and
+    beyond 6 sd over the pruned layers, the median spread of Wanda's feature norms, and each method's Δ val
+    loss at 70% from the sweep reports that pruned the same weights (by fingerprint) with the same calibration."""
     rows = []
     for label, study in studies:
+        sweeps = [r for d in sorted(study.glob("sweep/*/")) for r in load_reports([d], "pruning")]
         for path in sorted(study.glob("outliers/*.json")):
-            summary = json.loads(path.read_text())["summary"]
+            report = json.loads(path.read_text(encoding="utf-8"))
+            ckpt, calib, summary = report["checkpoint"], report["settings"], report["summary"]
             deltas = {}
-            sweep = study / "sweep" / path.stem
-            for report in load_reports([sweep], "pruning") if sweep.is_dir() else []:
-                p = report["pruning"]
-                if p["nm"] is None and abs(p["sparsity"] - 0.7) < 1e-9:
-                    deltas[p["method"]] = report["after"]["val_loss"] - report["before"]["val_loss"]
-            rows.append([label, path.stem, f"{summary['mean_share_abs_gt_6']:.2%}",
+            for r in sweeps:
+                p, s = r["pruning"], r["settings"]
+                same = (r["fingerprint"] == ckpt["fingerprint"] and p["nm"] is None and abs(p["sparsity"] - 0.7) < 1e-9
+                        and all(s.get(k) == calib[k] for k in ("calib_samples", "calib_len", "seed")))
+                if same:
+                    deltas[p["method"]] = r["after"]["val_loss"] - r["before"]["val_loss"]
+            rows.append([label, f"{ckpt['model']}-s{train_seed(ckpt, path)}", f"{summary['mean_share_abs_gt_6']:.2%}",
                          f"{summary['mean_share_sd_gt_6']:.2%}", f"{summary['norm_max_over_median_median']:.2f}",
                          *(f"{deltas[m]:+.4f}" if m in deltas else "-"
                            for m in ("wanda", "magnitude-layer", "magnitude-row"))])

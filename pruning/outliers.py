@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from models.ndlinear import literal_path
 from pruning.masks import block_linears, skip_reason
-from utils.checkpoint import load_gpt
+from utils.checkpoint import load_gpt, training_of
 from utils.cli import ArgumentParser, UserError, check_output_path, pick_device, positive_int, run_main, seed_int
 from utils.identity import data_fingerprint, weights_fingerprint
 from utils.io import atomic_write, atomic_write_json, fmt, markdown_table, text_table
@@ -172,12 +172,11 @@ def main(argv=None) -> None:
     layers = measure_outliers(model.float(), calib, args.calib_batch, progress=True)
     if not layers:
         raise UserError(f"{args.ckpt}: no layer of this model is one Wanda prunes")
-    train = ckpt.get("train_config") or {}
     report = {
         "kind": "outliers", "version": 1,
         "checkpoint": {"model": ckpt["model_name"], "source": str(args.ckpt), "step": ckpt.get("step"),
                        "fingerprint": ckpt.get("fingerprint") or weights_fingerprint(model.state_dict()),
-                       "run_id": ckpt.get("run_id"), "trained_on": ckpt.get("trained_on") or train.get("data"),
+                       "run_id": ckpt.get("run_id"), **training_of(ckpt),
                        "pruning": ckpt.get("pruning", {}).get("method")},
         "settings": {"data": str(args.data), "data_id": data_fingerprint(args.data), "split": "train",
                      "calib_samples": args.calib_samples, "calib_len": seq_len, "calib_batch": args.calib_batch,

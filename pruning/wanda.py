@@ -114,7 +114,8 @@ def main(argv=None) -> None:
     print_summary(report)
     if args.out:
         h = setup.header  # parent: the weights this pass started from
-        lineage = {k: v for k, v in (("step", h["step"]), ("trained_on", h["trained_on"]), ("run_id", h["run_id"]),
+        lineage = {k: v for k, v in (("step", h["step"]), ("trained_on", h["trained_on"]),
+                                     ("train_seed", h["train_seed"]), ("run_id", h["run_id"]),
                                      ("parent", h["fingerprint"]), ("data_id", setup.eval["data_id"]),
                                      ("earlier_pruning", setup.pruned_before or None)) if v is not None}
         save_checkpoint(args.out, setup.model, kind="gpt", model_name=setup.header["model"], **lineage,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluation.report import at_chance  # noqa: E402
-from experiment.tables import eval_seed_rows, load_reports, sparsity_deltas  # noqa: E402
+from experiment.tables import eval_seed_rows, load_reports, sparsity_deltas, train_seed  # noqa: E402
 from experiment.trend import MECHANISM_HEADERS, TREND_HEADERS, mechanism_rows, plot_trend, trend_rows  # noqa: E402
 from utils.cli import REPO, ArgumentParser, UserError, run_main  # noqa: E402
 from utils.io import atomic_write, markdown_table  # noqa: E402
@@ -57,18 +56,15 @@ def wall_time(summary: Path) -> float:
         raise UserError(f"{summary}: not a train_gpt.py summary with wall_time_s ({type(e).__name__})") from e
 
 
-def run_seed(report: dict) -> str:
-    """The seed of the run a report measured: its checkpoint's directory is logs/mini/runs/<model>-s<seed>."""
-    run = Path(report["source"]).parent.name
-    if not re.fullmatch(r".+-s\d+", run):
-        raise UserError(f"{report['source']}: not in a <model>-s<seed> run directory, as mini_repro.sh writes them")
-    return run.rsplit("-s", 1)[1]
-
-
 def paired_gaps(evals: list[dict], reference: str = "gpt2-mlp1536") -> list[str]:
     """Per model, the val-loss gap to ``reference`` seed by seed: seed k of every model trained on the same
     windows in the same order, so the per-seed difference removes the data order's share of the spread."""
-    loss = {(e["model"], run_seed(e)): e["metrics"]["val_loss"] for e in evals}
+    loss, where = {}, {}
+    for e in evals:
+        key = e["model"], train_seed(e, e["path"])
+        if key in loss:
+            raise UserError(f"{where[key]} and {e['path']} both evaluate {key[0]} seed {key[1]}; each seed counts once")
+        loss[key], where[key] = e["metrics"]["val_loss"], e["path"]
     rows = []
     for model in dict.fromkeys(m for m, _ in loss):
         gaps = [loss[model, s] - loss[reference, s] for m, s in loss if m == model and (reference, s) in loss]
@@ -114,7 +110,7 @@ def study_block(study: Path) -> str:
 
     out += paired_gaps(evals) + [""]
 
-    runs = [[f"{e['model']}-s{run_seed(e)}", f"{e['metrics']['params_total']:,}",
+    runs = [[f"{e['model']}-s{train_seed(e, e['path'])}", f"{e['metrics']['params_total']:,}",
              f"{e['metrics']['val_loss']:.4f}", f"{e['metrics']['perplexity']:.1f}"]
             for e in evals]
     out += ["<details><summary>Per run</summary>", "",
@@ -122,7 +118,7 @@ def study_block(study: Path) -> str:
 
     deltas = {(m, method, nm or f"{100 * s:g}%"): v for (m, method, s, nm), v in sparsity_deltas(sweeps).items()}
     swept = {m for m, _, _ in deltas}
-    sweep_seeds = {m: sorted({Path(r["source"]).parent.name for r in sweeps if r["model"] == m}) for m in swept}
+    sweep_seeds = {m: sorted({f"{m}-s{train_seed(r, r['path'])}" for r in sweeps if r["model"] == m}) for m in swept}
     rows = [[m, method, *(mean_cell(deltas.get((m, method, s), []), "+.4f") for s in SETTINGS)]
             for m in MODELS if m in swept for method in METHODS]
     out += ["Pruning: Δ val loss against the dense model (65,536 val tokens; swept runs: "

@@ -187,6 +187,8 @@ def test_every_new_run_gets_a_new_run_id_and_a_resume_keeps_it(repo_root, corpus
     assert ids[0] != ids[1] and ids[1] == ids[2]
     ckpt = load_checkpoint(tmp_path / "run" / "model_00004.pt")
     assert ckpt["run_id"] == ids[2] and ckpt["fingerprint"] == weights_fingerprint(ckpt["model"])
+    run_json = json.loads((tmp_path / "run" / "run.json").read_text())  # what pairs runs of a study (trend.py)
+    assert run_json["data_id"] == ckpt["data_id"] == data_fingerprint(corpus)
 
 
 # ---- 3. compare.py groups seeds by run identity
@@ -240,23 +242,24 @@ def test_compare_counts_a_run_once_and_keeps_pruned_and_other_settings_apart(tmp
 
 # ---- 4. --hf keeps the model's name, step and identity
 
-def test_hf_export_keeps_name_step_and_fingerprint(tmp_path, capsys):
+def test_hf_export_keeps_name_step_seed_and_fingerprint(tmp_path, capsys):
     from experiment.export_hf import main as export
 
     data = shards(tmp_path / "d")
-    ckpt = save_tiny(tmp_path / "c.pt", name="gpt2-mlp1536", run_id="r1")
+    ckpt = save_tiny(tmp_path / "c.pt", name="gpt2-mlp1536", run_id="r1", train_config={"seed": 3})
     export(["--ckpt", str(ckpt), "--out", str(tmp_path / "exp")])
     code, _, err = test_gpt(capsys, "--hf", tmp_path / "exp", "--data", data, *EVAL, "--json", tmp_path / "e.json")
     assert code == 0, err
     report = json.loads((tmp_path / "e.json").read_text())
     original = load_checkpoint(ckpt)
-    assert (report["model"], report["step"], report["run_id"]) == ("gpt2-mlp1536", 7, "r1")
+    assert (report["model"], report["step"], report["run_id"], report["train_seed"]) == ("gpt2-mlp1536", 7, "r1", 3)
     assert report["fingerprint"] == original["fingerprint"] == weights_fingerprint(original["model"])
     code, _, err = wanda(capsys, "--hf", tmp_path / "exp", "--data", data, "--calib-len", 32, *FAST,
                          "--out", tmp_path / "p.pt")
     assert code == 0, err
     pruned = load_checkpoint(tmp_path / "p.pt")
-    assert (pruned["model_name"], pruned["step"], pruned["run_id"]) == ("gpt2-mlp1536", 7, "r1")
+    lineage = (pruned["model_name"], pruned["step"], pruned["run_id"], pruned["train_seed"])
+    assert lineage == ("gpt2-mlp1536", 7, "r1", 3)
     assert pruned["parent"] == original["fingerprint"] != pruned["fingerprint"]
     export(["--ckpt", str(tmp_path / "p.pt"), "--out", str(tmp_path / "exp2")])
     provenance = json.loads((tmp_path / "exp2" / "config.json").read_text())["ndgpt2_provenance"]
@@ -265,6 +268,7 @@ def test_hf_export_keeps_name_step_and_fingerprint(tmp_path, capsys):
     assert code == 0, err
     report = json.loads((tmp_path / "p.json").read_text())
     assert report["model"] == "gpt2-mlp1536" and report["pruning"][0]["method"] == "wanda"
+    assert report["train_seed"] == 3  # a pruned export's report still pairs with its seed
 
 
 # ---- 5. one sweep per directory at a time

@@ -124,7 +124,7 @@ def test_study_readme_bad_input_is_one_line(repo_root, tmp_path):
     report = study / "eval" / "gpt2-s1.json"
     data = json.loads(report.read_text())
     report.write_text(json.dumps({**data, "source": data["source"].replace("gpt2-s1", "gpt2-first")}))
-    assert "not in a <model>-s<seed> run directory" in error()
+    assert "names no training seed, and no run.json lies beside its checkpoint" in error()
 
 
 @pytest.mark.parametrize("script", ["gpu_study.sh", "mini_repro.sh", "make_figures.sh"])

@@ -123,6 +123,15 @@ def gpt_config_from_dict(config: dict, where):
     return config_from_dict(GPTConfig, config, where, "model config")
 
 
+def training_of(ckpt: dict) -> dict:
+    """{"trained_on", "train_seed"}: the data and seed of the training run that made a checkpoint's weights,
+    from its train config, or as a pruned checkpoint carries them forward (None where unknown)."""
+    train = ckpt.get("train_config") or ckpt.get("train_args") or {}  # the latter: checkpoints before TrainConfig
+    train = train if isinstance(train, dict) else {}
+    return {"trained_on": ckpt.get("trained_on") or train.get("data"),
+            "train_seed": ckpt.get("train_seed", train.get("seed"))}
+
+
 def load_gpt(path, device: str = "cpu"):
     """(model on ``device`` in eval mode, checkpoint dict) for any GPT checkpoint of this repo (any
     preset, dense or pruned)."""

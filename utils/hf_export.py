@@ -71,7 +71,7 @@ def check_export_dir(out: str | os.PathLike, flag: str = "--out", *, force: bool
 
 
 PROVENANCE = "ndgpt2_provenance"  # config.json key: what the export holds (see write_provenance)
-PROVENANCE_KEYS = ("model_name", "step", "fingerprint", "run_id", "parent", "trained_on", "data_id",
+PROVENANCE_KEYS = ("model_name", "step", "fingerprint", "run_id", "parent", "trained_on", "train_seed", "data_id",
                    "pruning", "earlier_pruning")
 
 
