@@ -43,13 +43,12 @@ def training(run: Path) -> dict:
     return train
 
 
-def check_paired(model_run: Path, control_run: Path) -> None:
-    """A UserError unless the two runs trained alike apart from the model: same data, order, seed, schedule."""
-    a, b = training(model_run), training(control_run)
-    differs = sorted(k for k in set(a) | set(b) if k != "model" and a.get(k) != b.get(k))
+def check_alike(run: Path, other: Path, what: str = "a pair", apart=("model",)) -> None:
+    """A UserError unless the two runs trained alike (apart from ``apart``): same data, order, seed, schedule."""
+    a, b = training(run), training(other)
+    differs = sorted(k for k in set(a) | set(b) if k not in apart and a.get(k) != b.get(k))
     if differs:
-        raise UserError(f"{model_run} and {control_run} are not a pair: they trained with different "
-                        f"{', '.join(differs)}")
+        raise UserError(f"{run} and {other} are not {what}: they trained with different {', '.join(differs)}")
 
 
 def pairs(study: Path, finished: bool = False) -> dict[int, tuple[Path, Path]]:
@@ -62,7 +61,7 @@ def pairs(study: Path, finished: bool = False) -> dict[int, tuple[Path, Path]]:
             continue
         if finished and not ((run / "summary.json").is_file() and (control / "summary.json").is_file()):
             continue
-        check_paired(run, control)
+        check_alike(run, control)
         found[seed] = run, control
     return found
 
@@ -105,6 +104,28 @@ def curve_gaps(study: Path) -> dict[int, list[float]]:
         for step in sorted(set(a) & set(b)):
             curves.setdefault(step, []).append(a[step] - b[step])
     return curves
+
+
+AGREEMENT_HEADERS = ["run", "steps", "max |Δ| train loss", "max |Δ| val loss", "final val: committed", "re-made"]
+
+
+def agreement_rows(remade: Path, original: Path) -> list[list[str]]:
+    """Runs trained again (``remade``) against the committed runs of the same model and seed that trained
+    alike: how far apart their logged losses are at any step."""
+    originals = study_runs(original)
+    rows = []
+    for (model, seed), run in sorted(study_runs(remade).items()):
+        first = originals.get((model, seed))
+        if first is None or not (run / "summary.json").is_file():
+            continue
+        check_alike(run, first, "the same run", apart=())
+        a, b = read_log(run / "log.txt").series, read_log(first / "log.txt").series
+        gaps = {kind: max(abs(a[kind][s] - b[kind][s]) for s in set(a[kind]) & set(b[kind]))
+                for kind in ("train", "val")}
+        last = max(b["val"])
+        rows.append([f"{model}-s{seed}", str(len(a["train"])), f"{gaps['train']:.2e}", f"{gaps['val']:.2e}",
+                     f"{b['val'][last]:.4f}", f"{a['val'][last]:.4f}"])
+    return rows
 
 
 def trend_rows(studies: list[tuple[str, Path]]) -> list[list[str]]:

@@ -2,7 +2,7 @@
 # The CPU study behind the README's results: gpt2, ndgpt2 and the equal-parameter dense control
 # gpt2-mlp1536, three seeds each, on shuffled windows of 58 Project Gutenberg books, fp32.
 #
-#   bash scripts/mini_repro.sh [all|data|runs|figures|horizon|width]      (default: all)
+#   bash scripts/mini_repro.sh [all|data|runs|figures|horizon|width|remade]      (default: all)
 #
 # all     = data, then per seed and model: train -> final eval (-> sparsity sweep for seeds 1 and 2), then
 #           figures and the README's study tables.
@@ -15,6 +15,9 @@
 #           Both: seeds 1 2 (SEEDS), one thread per run (THREADS=1: two runs share the 2 cores), the final
 #           eval as above, then Wanda and both magnitude baselines at 70% and pruning/outliers.py on the
 #           final checkpoint; every stage resumes.
+# remade  = the study's seed-1 runs of all three models trained again (SEEDS, default 1), for the final
+#           checkpoints git does not keep: the 70% sweeps and outliers as above -> logs/mini-remade/ (no eval;
+#           the README compares their logs with the committed ones).
 # Env: SEEDS="1 2 3", ONLY="gpt2 ndgpt2 gpt2-mlp1536" to run a subset, SWEEP_SEEDS="1 2" the seeds that are
 # swept; DRY=1 prints the commands.
 set -euo pipefail
@@ -24,6 +27,7 @@ DATA=data/prose
 OUT=logs/mini
 read -r -a MODELS <<< "${ONLY:-gpt2 ndgpt2 gpt2-mlp1536}"
 read -r -a LONG_SEEDS <<< "${SEEDS:-1 2}"  # horizon and width
+SEEDS_GIVEN=${SEEDS:-}  # remade: default 1
 read -r -a SEEDS <<< "${SEEDS:-1 2 3}"
 SWEEP_SEEDS=" ${SWEEP_SEEDS:-1 2} "
 # 4 layers x 192 wide, T 256; 160 steps of 8,192 tokens = 1.31M tokens per run (18% of one epoch);
@@ -91,6 +95,7 @@ figures() {
 long_run() {  # study model seed: issue 23's horizon (4 x 192, 879 steps) or width (6 x 384, 160 steps) runs
   local size=(--n-layer 4 --n-head 4 --n-embd 192) steps=879 every=20
   [[ $1 == width ]] && size=(--n-layer 6 --n-head 6 --n-embd 384) steps=160 every=10
+  [[ $1 == mini-remade ]] && steps=160 every=10
   local dir=logs/$1/runs/$2-s$3 resume=()
   local final=$dir/model_$(printf %05d $steps).pt report=logs/$1/eval/$2-s$3.json
   if [[ ! -f $dir/summary.json ]]; then
@@ -98,8 +103,8 @@ long_run() {  # study model seed: issue 23's horizon (4 x 192, 879 steps) or wid
     run python experiment/train_gpt.py --model "$2" --seed "$3" --out-dir "$dir" "${size[@]}" --block-size 256 \
       --seq-len 256 "${TRAIN[@]}" --max-steps $steps --eval-every $every --threads "${THREADS:-1}" "${resume[@]}"
   fi
-  mkdir -p "logs/$1/eval"
-  [[ -f $report ]] || OMP_NUM_THREADS=${THREADS:-1} run python experiment/test_gpt.py --ckpt "$final" \
+  [[ $1 == mini-remade ]] || mkdir -p "logs/$1/eval"
+  [[ $1 == mini-remade || -f $report ]] || OMP_NUM_THREADS=${THREADS:-1} run python experiment/test_gpt.py --ckpt "$final" \
     --data "$DATA" "${FINAL_VAL[@]}" --no-amp --hellaswag-limit 1000 --hellaswag-convention seed --seed 0 --json "$report"
   mechanism "$1" "$2" "$3" "$final"
 }
@@ -117,6 +122,8 @@ mechanism() {  # study model seed checkpoint: Wanda against both magnitude basel
 case $stage in
   horizon | width)
     for s in "${LONG_SEEDS[@]}"; do for m in ndgpt2 gpt2-mlp1536; do long_run "$stage" "$m" "$s"; done; done ;;
+  remade)
+    for s in ${SEEDS_GIVEN:-1}; do for m in "${MODELS[@]}"; do long_run mini-remade "$m" "$s"; done; done ;;
   data) data ;;
   runs | all)
     [[ $stage == all ]] && data
@@ -131,6 +138,6 @@ case $stage in
     done
     [[ $stage == all ]] && figures ;;
   figures) figures ;;
-  -h | --help) sed -n '2,19p' "$0" | cut -c3- ;;
-  *) echo "usage: $0 [all|data|runs|figures|horizon|width]" >&2; exit 2 ;;
+  -h | --help) sed -n '2,22p' "$0" | cut -c3- ;;
+  *) echo "usage: $0 [all|data|runs|figures|horizon|width|remade]" >&2; exit 2 ;;
 esac

@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluation.report import at_chance  # noqa: E402
+from experiment import trend  # noqa: E402
 from experiment.tables import eval_seed_rows, load_reports, sparsity_deltas, train_seed  # noqa: E402
-from experiment.trend import MECHANISM_HEADERS, TREND_HEADERS, mechanism_rows, plot_trend, trend_rows  # noqa: E402
 from utils.cli import REPO, ArgumentParser, UserError, run_main  # noqa: E402
 from utils.io import atomic_write, markdown_table  # noqa: E402
 
@@ -135,29 +135,40 @@ def trend_studies(study: Path) -> list[tuple[str, Path]]:
     return [("today's study", study), ("one epoch", root / "horizon"), ("wider", root / "width")]
 
 
+def remade_study(study: Path) -> Path:
+    """Seed-1 runs of ``study`` trained again for their checkpoints (not in git): Wanda's mechanism at 4 x 192."""
+    return study.parent / f"{study.name}-remade"
+
+
 def trend_block(study: Path) -> str:
     studies = trend_studies(study)
 
     def shown(path: Path) -> str:  # from the repository's root, as the README links it, whatever --study looked like
         return Path(os.path.relpath(path.resolve(), REPO)).as_posix()
 
-    rows = trend_rows(studies)
+    rows = trend.trend_rows(studies)
     done = {row[0] for row in rows}
     pending = [f"`{shown(path)}`" for label, path in studies if label not in done]
     out = ["Paired val-loss gap of ndgpt2 to gpt2-mlp1536 at the end of each study (524,288 held-out tokens; "
            "seed k of both models saw the same windows in the same order):", "",
-           markdown_table(TREND_HEADERS, rows, n_left=2), ""]
+           markdown_table(trend.TREND_HEADERS, rows, n_left=2), ""]
     if pending:
         out += [f"Not finished yet: {', '.join(pending)} (`bash scripts/mini_repro.sh horizon`, `... width`).", ""]
     if rows:
         out += [f"![gap against tokens]({shown(study / TREND_FIGURE)})", ""]
-    mechanism = mechanism_rows(studies)
+    remade = remade_study(study)
+    agreement = trend.agreement_rows(remade, study)
+    if agreement:
+        out += [f"`{shown(remade)}` holds runs of today's study trained again (from the same commit, on another CPU) "
+                "for their final checkpoints, which git does not keep; their logs against the committed ones:", "",
+                markdown_table(trend.AGREEMENT_HEADERS, agreement), ""]
+    mechanism = trend.mechanism_rows([*studies, ("today's study, re-made", remade)])
     if mechanism:
         out += ["Wanda's mechanism, measured: input features of the pruned layers on the 128 calibration windows "
                 "(mean share over the layers of features whose largest |x| exceeds 6, LLM.int8's threshold, or "
                 "6 standard deviations of that layer's inputs; the median over layers of max/median feature "
                 "norm), beside each method's Δ val loss at 70% (`pruning/outliers.py`, `pruning/sweep.py`):", "",
-                markdown_table(MECHANISM_HEADERS, mechanism, n_left=2), ""]
+                markdown_table(trend.MECHANISM_HEADERS, mechanism, n_left=2), ""]
     return "\n".join(out + [""])
 
 
@@ -186,7 +197,7 @@ def main(argv=None) -> None:
             print(f"{args.readme}: the study block is out of date; run python scripts/study_readme.py")
             sys.exit(1)
         return
-    plot_trend(trend_studies(args.study), args.study / TREND_FIGURE)
+    trend.plot_trend(trend_studies(args.study), args.study / TREND_FIGURE)
     if new != text:
         atomic_write(args.readme, new)
     print(f"{args.readme}: study block {'updated' if new != text else 'up to date'}")

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from experiment.tables import train_seed
-from experiment.trend import curve_gaps, final_gaps, mechanism_rows, plot_trend, trend_rows
+from experiment.trend import agreement_rows, curve_gaps, final_gaps, mechanism_rows, plot_trend, trend_rows
 from utils.cli import UserError
 
 TRAIN = {"max_steps": 4, "total_batch": 100, "data": "/somewhere/prose", "order": "windows"}
@@ -126,3 +126,17 @@ def test_mechanism_rows_put_outliers_beside_the_70_percent_deltas_of_the_same_we
         (sweep / f"r{i}.json").write_text(json.dumps(report))
     assert mechanism_rows([("wider", study)]) == [
         ["wider", "ndgpt2-s1", "12.50%", "50.00%", "3.25", "+0.2500", "+0.5000", "-"]]
+
+
+def test_agreement_rows_compare_a_remade_run_with_the_committed_one_that_trained_alike(tmp_path):
+    write_run(tmp_path / "mini" / "runs" / "x", "ndgpt2", 1, {0: 10.0, 4: 6.5})
+    write_run(tmp_path / "remade" / "runs" / "y", "ndgpt2", 1, {0: 10.0, 4: 6.5002})
+    write_run(tmp_path / "remade" / "runs" / "z", "gpt2", 1, {0: 10.0, 4: 6.0})  # nothing committed to compare
+    for run in ("mini/runs/x", "remade/runs/y"):
+        with open(tmp_path / run / "log.txt", "a") as log:
+            log.write("3 train 7.0000\n" if run.startswith("mini") else "3 train 7.0010\n")
+    rows = agreement_rows(tmp_path / "remade", tmp_path / "mini")
+    assert rows == [["ndgpt2-s1", "1", "1.00e-03", "2.00e-04", "6.5000", "6.5002"]]
+    write_run(tmp_path / "other" / "runs" / "y", "ndgpt2", 1, {0: 10.0, 4: 6.5}, lr=2e-3)
+    with pytest.raises(UserError, match="not the same run: they trained with different lr"):
+        agreement_rows(tmp_path / "other", tmp_path / "mini")
