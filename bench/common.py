@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import platform
 import re
 import statistics
 import time
 from pathlib import Path
-
-import torch
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -47,12 +44,11 @@ def interleaved_medians(cases: dict, repeats: int = 7, warmup: int = 2, settle: 
 
 def machine_line() -> str:
     """The CPU (model name and whether it multiplies bf16 natively), threads, torch and the date."""
-    from utils.precision import cpuinfo
+    from utils.precision import machine
 
-    flags = set(cpuinfo("flags").split())
-    isa = "AMX" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags else "no native bf16"
-    return (f"CPU: {cpuinfo('model name') or platform.machine()} ({isa}), {torch.get_num_threads()} threads, "
-            f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
+    m = machine()
+    return (f"CPU: {m['cpu']} ({m['cpu_bf16'] or 'no native bf16'}), {m['threads']} threads, "
+            f"torch {m['torch']}, {time.strftime('%Y-%m-%d')}")
 
 
 def write_section(name: str, body: str) -> None:

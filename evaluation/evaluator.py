@@ -17,7 +17,7 @@ from utils.hf_export import read_provenance
 from utils.identity import data_fingerprint, examples_fingerprint, weights_fingerprint
 from utils.loader import ShardLoader
 from utils.params import count_params
-from utils.precision import resolve_amp
+from utils.precision import machine, resolve_amp
 from utils.seed import seed_everything
 from utils.shards import prepare_builtin_corpus
 
@@ -156,11 +156,11 @@ class Evaluation:
 
     def eval_report(self, seed: int, metrics: dict, seconds: float) -> dict:
         return {"kind": "eval", "version": VERSION, **self.header, "settings": {"seed": seed, "eval": self.eval},
-                "metrics": metrics, "timings": {"eval_s": seconds}}
+                "metrics": metrics, "timings": {"eval_s": seconds}, "machine": machine(self.device)}
 
     def pruning_report(self, settings: dict, result: dict, before: dict, after: dict, timings: dict) -> dict:
         """``result`` is what pruning.wanda's prune functions return."""
         summary = {k: v for k, v in result.items() if k not in ("layers", "seconds")}
         return {"kind": "pruning", "version": VERSION, **self.header, "settings": settings, "pruning": summary,
                 "before": before, "after": after, "timings": {"prune_s": result["seconds"], **timings},
-                "layers": result["layers"]}
+                "machine": machine(self.device), "layers": result["layers"]}

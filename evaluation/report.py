@@ -10,10 +10,13 @@ An evaluation block (``Evaluation.evaluate``)::
 A report (JSON) is one of::
 
     {"kind": "eval", "version": 1, HEADER, "settings": {..., "eval": EVAL},
-     "metrics": BLOCK, "timings": {...}}                                     # test_gpt.py --json
+     "metrics": BLOCK, "timings": {...}, "machine": {...}}                   # test_gpt.py --json
     {"kind": "pruning", "version": 1, HEADER, "settings": {..., "eval": EVAL},
      "pruning": {method, sparsity, nm, mask_groups, pruned_layers, ...},
-     "before": BLOCK, "after": BLOCK, "timings": {...}, "layers": [...]}     # wanda.py / sweep.py --json
+     "before": BLOCK, "after": BLOCK, "timings": {...}, "machine": {...},
+     "layers": [...]}                                                        # wanda.py / sweep.py --json
+
+"machine" (utils.precision.machine) names the CPU / GPU, threads and torch the timings were measured with.
 
     HEADER = "model", "source", "step", "trained_on", "train_seed", "fingerprint", "run_id", "pruning", "parent"
 

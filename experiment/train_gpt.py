@@ -43,7 +43,7 @@ from utils.cli import ArgumentParser, UserError, positive_int, run_main, seed_in
 from utils.io import check_space
 from utils.loader import ShardLoader
 from utils.malloc import keep_freed_memory
-from utils.precision import autocast
+from utils.precision import autocast, machine
 from utils.runlog import append_lines, format_event
 from utils.runtime import Runtime
 from utils.seed import seed_everything
@@ -303,7 +303,7 @@ def summarize(run: tc.Run, raw_model: GPT, data: Data, step_seconds: list[float]
         hellaswag_n=len(data.hellaswag) if data.hellaswag is not None else None, step_seconds=step_seconds,
         train_time=train_time, wall_time=wall_time, final_checkpoint=run.rundir.path(cfg.max_steps).name,
         flops_per_token=flops_per_token(n_params, run.model.n_layer, run.model.n_embd, cfg.seq_len),
-        peak=peak_flops(rt.device, rt.world))
+        peak=peak_flops(rt.device, rt.world), machine=machine(rt.device))
     tqdm.write("\n" + table)
 
 

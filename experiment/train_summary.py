@@ -94,9 +94,11 @@ def steady_throughput(step_seconds: list[float], tokens_per_step: int) -> tuple[
 
 def write_summary(out: Path, *, model: str, preset: str, params: int, tokens_per_step: int,
                   hellaswag_n: int | None, step_seconds: list[float], train_time: float, wall_time: float,
-                  final_checkpoint: str, flops_per_token: int | None = None, peak: float | None = None) -> str:
+                  final_checkpoint: str, flops_per_token: int | None = None, peak: float | None = None,
+                  machine: dict | None = None) -> str:
     """Read the run's log (its current lineage), write summary.json and return the table. ``step_seconds``:
-    the time of every training step of this session (none: a resumed run that was already finished)."""
+    the time of every training step of this session (none: a resumed run that was already finished);
+    ``machine`` what they were measured on (utils.precision.machine)."""
     log = read_log(out / "log.txt")
     val = final_and_best(log.series["val"], best=min)
     hella = final_and_best(log.series["hella"], best=max)
@@ -106,7 +108,7 @@ def write_summary(out: Path, *, model: str, preset: str, params: int, tokens_per
              "hellaswag_n": hellaswag_n, "tokens_seen": tokens_seen,
              "tokens_per_sec": tokens_per_sec if tokens_per_sec is not None else tokens_seen / max(train_time, 1e-9),
              "first_step_s": first_step, "train_time_s": train_time, "wall_time_s": wall_time,
-             "final_checkpoint": final_checkpoint, "flops_per_token": flops_per_token}
+             "final_checkpoint": final_checkpoint, "flops_per_token": flops_per_token, "machine": machine}
     stats["mfu"] = (stats["tokens_per_sec"] * flops_per_token / peak) if flops_per_token and peak else None
     table = summary_table(stats)
     atomic_write_json(out / "summary.json", {**stats, "table": table.splitlines()})

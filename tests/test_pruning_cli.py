@@ -18,6 +18,7 @@ from pruning.wanda import main as wanda_main
 from tests.conftest import run_cli as run_cli_in_process
 from utils.checkpoint import load_gpt, save_checkpoint
 from utils.params import count_params
+from utils.precision import machine
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=256)
 
@@ -200,6 +201,7 @@ def test_sweep_writes_one_report_per_setting_and_reuses_them(workspace, capsys, 
                                                           for t in ("25pct", "50pct", "2of4")])
     dense = json.loads((out / "dense.json").read_text())
     assert dense["kind"] == "eval" and dense["metrics"]["hellaswag"] == {}  # no HellaSwag by default
+    assert dense["machine"] == machine("cpu")  # what its timings were measured on
     dense_model, _ = load_gpt(ckpt)
     for name in names:
         if name.endswith("pct.json") or name.endswith("2of4.json"):

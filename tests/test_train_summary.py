@@ -22,8 +22,10 @@ def test_summary_tokens_per_sec_and_mfu_exclude_the_compile_step(tmp_path):
                                         format_event(3, "val", 4.5)])
     table = write_summary(tmp_path, model="gpt2", preset="smoke", params=10, tokens_per_step=4096, hellaswag_n=None,
                           step_seconds=[60.0, 0.25, 0.25], train_time=60.5, wall_time=70.0,
-                          final_checkpoint="model_00003.pt", flops_per_token=100, peak=1e9)
+                          final_checkpoint="model_00003.pt", flops_per_token=100, peak=1e9,
+                          machine={"cpu": "a CPU"})
     summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["machine"] == {"cpu": "a CPU"}
     assert summary["tokens_per_sec"] == 2 * 4096 / 0.5 and summary["first_step_s"] == 60.0
     assert summary["mfu"] == pytest.approx(2 * 4096 / 0.5 * 100 / 1e9)
     assert summary["tokens_seen"] == 3 * 4096 and summary["train_time_s"] == 60.5  # totals keep every step

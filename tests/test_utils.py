@@ -124,3 +124,15 @@ def test_atomic_write_replaces_whole_and_clears_what_killed_writers_left(tmp_pat
         atomic_write(target, full_disk)  # one line for the user, naming the path and the free space
     assert json.loads(target.read_text()) == {"a": 1}  # the old file whole, and no temp file of ours
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+@pytest.mark.parametrize("flags, bf16", [("fpu avx2 amx_bf16 avx512_bf16", "AMX"), ("fpu avx512_bf16", "AVX-512 BF16"),
+                                         ("fpu avx2", None)])
+def test_machine_names_the_cpu_and_its_native_bf16(monkeypatch, flags, bf16):
+    from utils import precision
+
+    fields = {"model name": "Some CPU 9000", "flags": flags}
+    monkeypatch.setattr(precision, "cpuinfo", lambda field: fields[field])
+    found = precision.machine("cpu")
+    assert found == {"cpu": "Some CPU 9000", "cpu_bf16": bf16, "threads": torch.get_num_threads(),
+                     "torch": torch.__version__}

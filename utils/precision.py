@@ -5,6 +5,7 @@ bf16 matmuls, ~50x slower than fp32. ``--amp`` / ``--no-amp`` override the rule 
 from __future__ import annotations
 
 import functools
+import platform
 import time
 
 import torch
@@ -31,6 +32,18 @@ def _matmul_seconds(dtype: torch.dtype, n: int = 512, reps: int = 5) -> float:
         a @ b
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def machine(device: str | torch.device = "cpu") -> dict:
+    """What a timing was measured on, for reports and summaries: the CPU (model name and its native bf16, if
+    any), torch's threads and version, and the GPU where ``device`` is one."""
+    flags = set(cpuinfo("flags").split())
+    bf16 = "AMX" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags else None
+    found = {"cpu": cpuinfo("model name") or platform.processor() or platform.machine(), "cpu_bf16": bf16,
+             "threads": torch.get_num_threads(), "torch": torch.__version__}
+    if torch.device(device).type == "cuda":
+        found["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return found
 
 
 @functools.cache
