@@ -51,6 +51,7 @@ VIT_DEFAULTS = {
                       epochs=5, batch_size=64, lr=1e-3),
 }
 ARCH_FLAGS = ("image_size", "patch_size", "width", "depth", "heads", "mlp_ratio")
+DEFAULT_SEED = 42
 RESUME_FIELDS = {"epoch": int, "step": int, "optimizer": dict, "data": str}  # "step": 0 where an old one lacks it
 
 
@@ -90,7 +91,8 @@ def parse_args(argv=None):
     p.add_argument("--synthetic-size", type=positive_int, nargs=2, default=None, metavar=("TRAIN", "TEST"),
                    help="number of synthetic train / test images (default 2000 500, or the checkpoint's)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    add_runtime_args(p, seed=42)  # --device, --amp/--no-amp, --seed (init and shuffling)
+    add_runtime_args(p, seed=DEFAULT_SEED, seed_default=f"{DEFAULT_SEED}; a resumed run keeps its own")
+    p.set_defaults(seed=None)  # resolved in main (resumed_seed): init and every epoch's shuffle depend on it
     p.add_argument("--out-dir", default=None, help="run directory (default: logs/vit-<model>)")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
                    help="resume model, optimizer and epoch from PATH, or from the newest checkpoint in --out-dir")
@@ -108,6 +110,17 @@ def check_resumable(path: Path, ckpt: dict, model: str | None) -> None:
         raise UserError(f"{path} is not a checkpoint train_vit.py can resume: {', '.join(wrong)} missing or malformed")
     if model is not None and model != ckpt["model_name"]:
         raise UserError(f"--model {model} given but {path} holds a {ckpt['model_name']} model")
+
+
+def resumed_seed(flag: int | None, ckpt: dict) -> int:
+    """The run's seed: a resumed run keeps its own (every epoch's shuffle depends on it), else --seed or 42."""
+    saved = ckpt.get("seed")
+    if not isinstance(saved, int) or isinstance(saved, bool):
+        return DEFAULT_SEED if flag is None else flag
+    if flag is not None and flag != saved:
+        raise UserError(f"--seed {flag} differs from the resumed run's seed {saved} (its shuffles depend on it); "
+                        "drop --seed to resume")
+    return saved
 
 
 def model_spec(args, ckpt: dict, hp: dict, data_spec: str, num_classes: int) -> tuple[str, dict]:
@@ -158,6 +171,7 @@ def main(argv=None):
     data = load_image_data(data_spec, *synthetic_size)
     train_split, test_split = data.train.head(args.limit), data.test.head(args.limit)
 
+    args.seed = resumed_seed(args.seed, saved)
     seed_everything(args.seed)
     model_name, config = model_spec(args, saved, hp, data_spec, data.num_classes)
     try:

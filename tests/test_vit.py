@@ -366,3 +366,20 @@ def test_a_new_run_refuses_a_foreign_run_unless_overwrite(tmp_path):
     train_vit.main([*TINY_RUN, "--epochs", "1", "--out-dir", str(gpt_run), "--overwrite"])
     assert json.loads((gpt_run / "run.json").read_text())["model"] == "vit"
     assert _epochs(gpt_run) == [1] * 4 and [p.name for p in gpt_run.glob("*.pt")] == ["model_001.pt"]
+
+
+def test_a_resumed_run_keeps_its_seed(tmp_path, capsys):
+    """Every epoch's shuffle depends on the seed: a resume without --seed continues the run's own order (the
+    same weights as an uninterrupted run), and another --seed is refused."""
+    from experiment import train_vit
+
+    straight, part = tmp_path / "straight", tmp_path / "part"
+    train_vit.main([*TINY_RUN, "--seed", "7", "--epochs", "2", "--out-dir", str(straight)])
+    train_vit.main([*TINY_RUN, "--seed", "7", "--epochs", "1", "--out-dir", str(part)])
+    with pytest.raises(UserError, match="--seed 8 differs from the resumed run's seed 7"):
+        train_vit.main([*TINY_RUN, "--seed", "8", "--epochs", "2", "--out-dir", str(part), "--resume"])
+    train_vit.main([*TINY_RUN, "--epochs", "2", "--out-dir", str(part), "--resume"])
+    a, b = (torch.load(d / "model_002.pt", weights_only=True) for d in (straight, part))
+    assert a["seed"] == b["seed"] == 7
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, rtol=0, atol=0)

@@ -138,14 +138,15 @@ def add_model_source_args(ap, ckpt_help: str = "checkpoint written by train_gpt.
                      help="Hugging Face model: hub name (online) or a local directory (e.g. from export_hf.py)")
 
 
-def add_runtime_args(ap, seed: int | None = None) -> None:
-    """--device, --amp/--no-amp (see utils.precision) and, when ``seed`` is given, --seed."""
+def add_runtime_args(ap, seed: int | None = None, seed_default: str | None = None) -> None:
+    """--device, --amp/--no-amp (see utils.precision) and, when ``seed`` is given, --seed (``seed_default``:
+    the help's words for a default that is not simply ``seed``)."""
     ap.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: best available)")
     ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                     help="bf16 autocast (default: on with CUDA; on the CPU only where it multiplies bf16 "
                          "at least as fast as fp32, see utils/precision.py)")
     if seed is not None:
-        ap.add_argument("--seed", type=seed_int, default=seed, help=f"random seed (default {seed})")
+        ap.add_argument("--seed", type=seed_int, default=seed, help=f"random seed (default {seed_default or seed})")
 
 
 class ArgumentParser(argparse.ArgumentParser):
