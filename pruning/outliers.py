@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from evaluation.evaluator import default_data
 from models.ndlinear import literal_path
 from pruning.masks import block_linears, skip_reason
 from utils.checkpoint import load_gpt, training_of
@@ -143,7 +144,8 @@ def describe(report: dict) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     ap = ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", required=True, help="GPT checkpoint of this repository (train_gpt.py or wanda.py)")
-    ap.add_argument("--data", required=True, help="token shard directory; its train split gives the windows")
+    ap.add_argument("--data", help="token shard directory; its train split gives the windows (default: the data "
+                                   "the model was trained on, as wanda.py calibrates)")
     ap.add_argument("--calib-samples", type=positive_int, default=128, help="calibration windows (default 128)")
     ap.add_argument("--calib-len", type=positive_int, help="window length (default: the model's block size)")
     ap.add_argument("--calib-batch", type=positive_int, default=8, help="windows per forward (default 8)")
@@ -161,9 +163,11 @@ def main(argv=None) -> None:
         check_output_path(getattr(args, flag), f"--{flag}", force=args.force, inputs=(args.ckpt,))
     if args.json and args.md and Path(args.json).resolve() == Path(args.md).resolve():
         raise UserError("--json and --md must be different files")
-    find_shards(args.data, "train")  # a missing directory or split fails before the model loads
+    if args.data:
+        find_shards(args.data, "train")  # a missing directory or split fails before the model loads
     device = pick_device(args.device)
     model, ckpt = load_gpt(args.ckpt, device)
+    args.data = args.data or default_data(training_of(ckpt)["trained_on"])
     seq_len = args.calib_len or model.config.block_size
     if seq_len > model.config.block_size:
         raise UserError(f"--calib-len {seq_len} exceeds the model's block size {model.config.block_size}")

@@ -18,7 +18,7 @@ from pruning.outliers import FeatureStats, main, measure_outliers
 from pruning.wanda import prune_wanda
 from tests.conftest import run_cli
 from utils.checkpoint import save_checkpoint
-from utils.identity import weights_fingerprint
+from utils.identity import data_fingerprint, weights_fingerprint
 from utils.loader import sample_windows
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=256)
@@ -149,3 +149,18 @@ def test_cli_bad_input_is_one_line(workspace, capsys):
         code, _, err = run_cli(capsys, main, "outliers.py", *args)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (extra, err)
     assert taken.read_text() == "{}"
+
+
+def test_cli_calibrates_on_the_training_data_by_default(workspace, capsys):
+    """Without --data, the windows come from the data the checkpoint was trained on (as wanda.py's do)."""
+    tmp, data, _ = workspace
+    ckpt = tmp / "trained.pt"
+    save_checkpoint(ckpt, tiny_model("ndgpt2"), kind="gpt", model_name="ndgpt2", step=7,
+                    train_config={"data": str(data), "seed": 4})
+    out = tmp / "o.json"
+    code, _, err = run_cli(capsys, main, "outliers.py", "--ckpt", ckpt, "--calib-samples", 5, "--seed", 3,
+                           "--device", "cpu", "--json", out)
+    assert code == 0, err
+    report = json.loads(out.read_text())
+    assert report["settings"]["data"] == str(data) and report["settings"]["data_id"] == data_fingerprint(data)
+    assert (report["checkpoint"]["trained_on"], report["checkpoint"]["train_seed"]) == (str(data), 4)
