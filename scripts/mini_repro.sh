@@ -12,7 +12,8 @@
 # horizon = issue 23's longer runs: ndgpt2 and gpt2-mlp1536 at the same size for one full epoch of the train
 #           split (879 steps, 7.2M tokens, no window repeated), val every 20 steps -> logs/horizon/
 # width   = the same pair at 6 layers x 384 wide, today's 160 steps (1.31M tokens) -> logs/width/
-#           Both: seeds 1 2 (SEEDS), one thread per run (THREADS=1: two runs share the 2 cores), the final
+#           Both: seeds 1 2 (SEEDS), one thread per run (THREADS=1: two runs share the 2 cores, e.g. ONLY=ndgpt2
+#           and ONLY=gpt2-mlp1536 in two processes; ONLY=gpt2 adds the optional gpt2 runs), the final
 #           eval as above, then Wanda and both magnitude baselines at 70% and pruning/outliers.py on the
 #           final checkpoint; every stage resumes.
 # remade  = the study's seed-1 runs of all three models trained again (SEEDS, default 1), for the final
@@ -41,6 +42,7 @@ SWEEP_VAL=(--val-batches 32 --micro-batch 8 --calib-samples 128 --calib-len 256)
 stage=${1:-all}
 
 run() { echo "+ $*"; [[ -n ${DRY:-} ]] || "$@"; }
+mkdirs() { [[ -n ${DRY:-} ]] || mkdir -p "$@"; }  # DRY=1 leaves the tree as it is
 
 data() {
   run python data/fineweb.py --input "$SHARED"/text_corpus/*.txt --strip-gutenberg --val-docs 4 --seed 0 \
@@ -103,7 +105,7 @@ long_run() {  # study model seed: issue 23's horizon (4 x 192, 879 steps) or wid
     run python experiment/train_gpt.py --model "$2" --seed "$3" --out-dir "$dir" "${size[@]}" --block-size 256 \
       --seq-len 256 "${TRAIN[@]}" --max-steps $steps --eval-every $every --threads "${THREADS:-1}" "${resume[@]}"
   fi
-  [[ $1 == mini-remade ]] || mkdir -p "logs/$1/eval"
+  [[ $1 == mini-remade ]] || mkdirs "logs/$1/eval"
   [[ $1 == mini-remade || -f $report ]] || OMP_NUM_THREADS=${THREADS:-1} run python experiment/test_gpt.py --ckpt "$final" \
     --data "$DATA" "${FINAL_VAL[@]}" --no-amp --hellaswag-limit 1000 --hellaswag-convention seed --seed 0 --json "$report"
   mechanism "$1" "$2" "$3" "$final"
@@ -114,20 +116,21 @@ mechanism() {  # study model seed checkpoint: Wanda against both magnitude basel
   local sweep=logs/$1/sweep/$2-s$3 outliers=logs/$1/outliers/$2-s$3.json
   [[ -f $sweep/sweep.md ]] || OMP_NUM_THREADS=${THREADS:-1} run python pruning/sweep.py --ckpt "$4" --data "$DATA" \
     "${SWEEP_VAL[@]}" --no-amp --seed 0 --sparsities 0.7 --nm --out-dir "$sweep"
-  mkdir -p "logs/$1/outliers"
+  mkdirs "logs/$1/outliers"
   [[ -f $outliers ]] || OMP_NUM_THREADS=${THREADS:-1} run python pruning/outliers.py --ckpt "$4" --data "$DATA" \
     --calib-samples 128 --calib-len 256 --seed 0 --json "$outliers"
 }
 
 case $stage in
   horizon | width)
-    for s in "${LONG_SEEDS[@]}"; do for m in ndgpt2 gpt2-mlp1536; do long_run "$stage" "$m" "$s"; done; done ;;
+    read -r -a PAIR <<< "${ONLY:-ndgpt2 gpt2-mlp1536}"  # ONLY=ndgpt2 and ONLY=gpt2-mlp1536: two processes at once
+    for s in "${LONG_SEEDS[@]}"; do for m in "${PAIR[@]}"; do long_run "$stage" "$m" "$s"; done; done ;;
   remade)
     for s in ${SEEDS_GIVEN:-1}; do for m in "${MODELS[@]}"; do long_run mini-remade "$m" "$s"; done; done ;;
   data) data ;;
   runs | all)
     [[ $stage == all ]] && data
-    mkdir -p "$OUT/eval"
+    mkdirs "$OUT/eval"
     for s in "${SEEDS[@]}"; do
       for m in "${MODELS[@]}"; do
         complete "$m" "$s" && continue
@@ -138,6 +141,6 @@ case $stage in
     done
     [[ $stage == all ]] && figures ;;
   figures) figures ;;
-  -h | --help) sed -n '2,22p' "$0" | cut -c3- ;;
+  -h | --help) sed -n '2,23p' "$0" | cut -c3- ;;
   *) echo "usage: $0 [all|data|runs|figures|horizon|width|remade]" >&2; exit 2 ;;
 esac

@@ -136,3 +136,22 @@ def test_study_scripts_usage(repo_root, script):
     help_ = subprocess.run(["bash", f"scripts/{script}", "--help"], cwd=repo_root, capture_output=True, text=True,
                            env={**os.environ, "DRY": "1"}, timeout=60)
     assert help_.returncode == 0 and help_.stderr == "" and ("figures" in help_.stdout), help_.stdout
+
+
+def test_mini_repro_long_stage_subset(repo_root):
+    """ONLY picks the models of a horizon/width stage (two processes share the cores, or the optional gpt2);
+    --help shows the whole header, down to its last line."""
+    env = {**os.environ, "DRY": "1", "ONLY": "gpt2", "SEEDS": "7"}
+    folders = sorted(p for p in (repo_root / "logs").rglob("*") if p.is_dir())
+    out = subprocess.run(["bash", "scripts/mini_repro.sh", "horizon"], cwd=repo_root, capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    trains = [line for line in out.stdout.splitlines() if "train_gpt.py" in line]
+    assert len(trains) == 1 and "--model gpt2 --seed 7" in trains[0] and "--max-steps 879" in trains[0]
+    default = subprocess.run(["bash", "scripts/mini_repro.sh", "width"], cwd=repo_root, capture_output=True,
+                             text=True, env={**env, "ONLY": ""}, timeout=60)
+    models = [line.split("--model ")[1].split()[0] for line in default.stdout.splitlines() if "train_gpt.py" in line]
+    assert models == ["ndgpt2", "gpt2-mlp1536"]
+    assert sorted(p for p in (repo_root / "logs").rglob("*") if p.is_dir()) == folders  # DRY=1 made no folder
+    help_ = subprocess.run(["bash", "scripts/mini_repro.sh", "--help"], cwd=repo_root, capture_output=True, text=True)
+    assert help_.stdout.rstrip().endswith("DRY=1 prints the commands.")
