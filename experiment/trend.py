@@ -33,19 +33,21 @@ def study_runs(study: Path) -> dict[tuple[str, int], Path]:
     return runs
 
 
-def training(run: Path) -> dict:
+def training(run: Path, by_name: bool = False) -> dict:
     """The run's train config, its data named by fingerprint (run.json's "data_id"); runs written before
-    run.json carried one name it by the data directory's name."""
+    run.json carried one (or ``by_name``) name it by the data directory's name."""
     meta = json.loads((run / "run.json").read_text(encoding="utf-8"))
     train = dict(meta["train_config"])
     data = train.pop("data", None)
-    train["data"] = meta.get("data_id") or f"a directory named {Path(str(data)).name!r}"
+    train["data"] = (not by_name and meta.get("data_id")) or f"a directory named {Path(str(data)).name!r}"
     return train
 
 
 def check_alike(run: Path, other: Path, what: str = "a pair", apart=("model",)) -> None:
-    """A UserError unless the two runs trained alike (apart from ``apart``): same data, order, seed, schedule."""
-    a, b = training(run), training(other)
+    """A UserError unless the two runs trained alike (apart from ``apart``): same data, order, seed, schedule.
+    When only one of them names its data by fingerprint, both are compared by the data directory's name."""
+    by_name = not all(json.loads((r / "run.json").read_text(encoding="utf-8")).get("data_id") for r in (run, other))
+    a, b = training(run, by_name), training(other, by_name)
     differs = sorted(k for k in set(a) | set(b) if k not in apart and a.get(k) != b.get(k))
     if differs:
         raise UserError(f"{run} and {other} are not {what}: they trained with different {', '.join(differs)}")

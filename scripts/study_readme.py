@@ -159,7 +159,7 @@ def trend_block(study: Path) -> str:
     remade = remade_study(study)
     agreement = trend.agreement_rows(remade, study)
     if agreement:
-        out += [f"`{shown(remade)}` holds runs of today's study trained again (from the same commit, on another CPU) "
+        out += [f"`{shown(remade)}` holds runs of today's study trained again (the same training code, on another CPU) "
                 "for their final checkpoints, which git does not keep; their logs against the committed ones:", "",
                 markdown_table(trend.AGREEMENT_HEADERS, agreement), ""]
     mechanism = trend.mechanism_rows([*studies, ("today's study, re-made", remade)])
