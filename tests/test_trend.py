@@ -140,3 +140,17 @@ def test_agreement_rows_compare_a_remade_run_with_the_committed_one_that_trained
     write_run(tmp_path / "other" / "runs" / "y", "ndgpt2", 1, {0: 10.0, 4: 6.5}, lr=2e-3)
     with pytest.raises(UserError, match="not the same run: they trained with different lr"):
         agreement_rows(tmp_path / "other", tmp_path / "mini")
+
+
+def test_a_legacy_run_is_compared_with_a_fingerprinted_one_by_its_data_directory(tmp_path):
+    """A committed run from before run.json named its data (no data_id) against a re-made one that does: the data
+    directory's name decides, so the same books agree and another directory is still refused."""
+    write_run(tmp_path / "mini" / "runs" / "x", "ndgpt2", 1, {0: 10.0, 4: 6.5}, data_id=None)
+    write_run(tmp_path / "remade" / "runs" / "y", "ndgpt2", 1, {0: 10.0, 4: 6.5}, data_id="d9")
+    for run in ("mini/runs/x", "remade/runs/y"):
+        with open(tmp_path / run / "log.txt", "a") as log:
+            log.write("3 train 7.0000\n")
+    assert [row[0] for row in agreement_rows(tmp_path / "remade", tmp_path / "mini")] == ["ndgpt2-s1"]
+    write_run(tmp_path / "moved" / "runs" / "y", "ndgpt2", 1, {0: 10.0, 4: 6.5}, data_id="d9", data="/x/wiki")
+    with pytest.raises(UserError, match="different data"):
+        agreement_rows(tmp_path / "moved", tmp_path / "mini")
