@@ -33,10 +33,9 @@ def study_runs(study: Path) -> dict[tuple[str, int], Path]:
     return runs
 
 
-def training(run: Path, by_name: bool = False) -> dict:
-    """The run's train config, its data named by fingerprint (run.json's "data_id"); runs written before
-    run.json carried one (or ``by_name``) name it by the data directory's name."""
-    meta = json.loads((run / "run.json").read_text(encoding="utf-8"))
+def training(meta: dict, by_name: bool = False) -> dict:
+    """A run.json's train config, its data named by fingerprint ("data_id"); runs written before run.json
+    carried one (or ``by_name``) name it by the data directory's name."""
     train = dict(meta["train_config"])
     data = train.pop("data", None)
     train["data"] = (not by_name and meta.get("data_id")) or f"a directory named {Path(str(data)).name!r}"
@@ -46,8 +45,9 @@ def training(run: Path, by_name: bool = False) -> dict:
 def check_alike(run: Path, other: Path, what: str = "a pair", apart=("model",)) -> None:
     """A UserError unless the two runs trained alike (apart from ``apart``): same data, order, seed, schedule.
     When only one of them names its data by fingerprint, both are compared by the data directory's name."""
-    by_name = not all(json.loads((r / "run.json").read_text(encoding="utf-8")).get("data_id") for r in (run, other))
-    a, b = training(run, by_name), training(other, by_name)
+    metas = [json.loads((r / "run.json").read_text(encoding="utf-8")) for r in (run, other)]
+    by_name = not all(meta.get("data_id") for meta in metas)
+    a, b = (training(meta, by_name) for meta in metas)
     differs = sorted(k for k in set(a) | set(b) if k not in apart and a.get(k) != b.get(k))
     if differs:
         raise UserError(f"{run} and {other} are not {what}: they trained with different {', '.join(differs)}")
